@@ -1,0 +1,264 @@
+"""Typed configuration: dataclasses are the schema, YAML files set values, the command line
+overrides them with ``key=value`` (dotted keys, YAML-parsed values).
+
+    cfg = load_config("configs/baseline_synth.yaml", ["optim.lr=1e-3", "data.num_frames=6"])
+
+Unknown keys and values of the wrong type are errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rvos.errors import RVOSError
+from rvos.models.query.config import QueryModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how clips are sampled and augmented."""
+
+    root: str = "data/synth"          # dataset root in the Ref-YouTube-VOS layout
+    train_split: str = "train"
+    val_split: str = "valid"
+    num_frames: int = 4               # T, frames per training clip
+    max_frame_stride: int = 2         # training clips take every k-th frame, k in [1, this]
+    input_size: tuple[int, int] = (128, 128)   # (H, W) the network sees
+    hflip_prob: float = 0.5           # a flip also swaps left/right words in the sentence
+    scale_jitter: float = 0.0         # random crop-and-resize with scale in [1 - this, 1]
+    color_jitter: float = 0.0         # brightness/contrast jitter amplitude
+    num_workers: int = 0
+    max_train_samples: int = 0        # 0: every (video, expression) pair of the split
+    max_val_samples: int = 0
+
+
+@dataclass
+class TextConfig:
+    """Text encoder: "minilm" (offline default), or a Hugging Face name / local folder."""
+
+    name: str = "minilm"
+    freeze: bool = True
+    max_length: int = 32
+
+
+@dataclass
+class BaselineConfig:
+    """The baseline: ResNet + MHA fusion + Conv3d temporal + upsampling head."""
+
+    backbone: str = "resnet18"        # resnet18 | resnet50
+    backbone_weights: str = "none"    # none | torchvision weights name (IMAGENET1K_V1) | file path
+    dim: int = 128                    # fusion width
+    heads: int = 4
+    fusion_layers: int = 1
+    temporal_layers: int = 1          # 3x3x3 Conv3d blocks; 0 disables the temporal module
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "baseline"            # baseline | query
+    text: TextConfig = field(default_factory=TextConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    query: QueryModelConfig = field(default_factory=QueryModelConfig)
+
+
+@dataclass
+class LossConfig:
+    """Dense-mask loss weights of the baseline (the query models weigh their own)."""
+
+    bce: float = 0.3
+    dice: float = 0.6
+    focal: float = 0.1
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    backbone_lr_mult: float = 1.0
+    batch_size: int = 2
+    accumulate_steps: int = 4         # optimizer step every this many batches
+    clip_grad_norm: float = 1.0       # 0 disables clipping (the norm is logged either way)
+    sched_t0: int = 5                 # CosineAnnealingWarmRestarts, in epochs
+    sched_t_mult: int = 2
+    min_lr: float = 1e-6
+    amp: bool = True                  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/baseline"
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    log_every: int = 10               # optimizer steps between CSV/TensorBoard rows
+    eval_every: int = 1               # epochs between validation passes; 0 disables
+    max_steps_per_epoch: int = 0      # 0: a full pass over the training samples
+    time_budget_s: float = 0.0        # 0: none; else stop (checkpointed) after this long
+
+
+@dataclass
+class EvalConfig:
+    window: int = 8                   # frames per inference window (bounded memory)
+    threshold: float = 0.5            # mask probability threshold
+    split: str = "test"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``typ``; convert lists to tuples etc."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(typ, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(typ):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, where)
+            except TypeError as e:
+                errors.append(str(e))
+        raise TypeError(f"{where}: {value!r} fits none of {typ}")
+    if origin is tuple:
+        args = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise TypeError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is list:
+        (arg,) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, arg, where) for v in value]
+    if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, values: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict, checking every key."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise TypeError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+    base = cls()
+    return dataclasses.replace(base, **kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists), ready for YAML or JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise TypeError(f"override {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["optim.lr=1e-3", "data.input_size=[96,160]"]`` -> nested dict (YAML-parsed values)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise RVOSError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise RVOSError(f"override {item!r}: value is not valid YAML ({e})") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                cls: type = Config) -> Any:
+    """Load a YAML config (or defaults when ``path`` is None) and apply overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RVOSError("config file not found", path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RVOSError(f"not valid YAML: {e}", path) from None
+        if not isinstance(values, dict):
+            raise RVOSError("a config file must hold a mapping at the top level", path)
+    values = _merge(values, parse_overrides(overrides or []))
+    try:
+        return from_dict(cls, values)
+    except TypeError as e:
+        raise RVOSError(f"invalid config: {e}", path) from None
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Models: backbones, text encoders, cross-modal fusion, temporal modules, heads."""

@@ -1,0 +1,1 @@
+"""The query-based (ReferFormer-family) RVOS core shared by SOC, BIFIT, SgMg and CMA."""
