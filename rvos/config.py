@@ -38,6 +38,10 @@ class DataConfig:
     num_workers: int = 0
     max_train_samples: int = 0        # 0: every (video, expression) pair of the split
     max_val_samples: int = 0
+    # Referring-image pre-training / joint training (RefCOCO-style, one-frame clips)
+    refcoco_root: str = ""            # folder with refcoco*/refs(*).p and instances.json + images
+    refcoco_dataset: str = "refcoco"  # refcoco | refcoco+ | refcocog
+    joint_image_ratio: float = 0.0    # share of training samples drawn from image data
 
 
 @dataclass
