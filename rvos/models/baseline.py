@@ -1,0 +1,86 @@
+"""The baseline RVOS model: ResNet backbone, BERT-family text encoder, multi-head-attention
+cross-modal fusion, a 3x3x3 Conv3d temporal module and an upsampling segmentation head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rvos.config import BaselineConfig, TextConfig
+from rvos.models.backbones import ResNetBackbone, build_resnet
+from rvos.models.fusion import CrossModalAttentionLayer, SentenceGate, coordinate_channels
+from rvos.models.heads import UpsamplingMaskHead
+from rvos.models.outputs import RVOSOutput
+from rvos.models.temporal import Conv3dTemporalBlock
+from rvos.models.text import TextEncoder
+
+
+class BaselineRVOS(nn.Module):
+    """frames (B, T, 3, H, W) + B sentences -> one mask per frame.
+
+    Visual path: ResNet maps at strides 4/8/16/32; strides 8-32 are projected to ``dim``
+    and merged top-down at stride 8 (with two coordinate channels, so that words like
+    "left" and "top" have something to attend to). Fusion layers let each visual token
+    attend to the words and to the other tokens of its frame; a FiLM gate applies the
+    sentence feature. The Conv3d temporal blocks then mix neighbouring frames, and the
+    head predicts full-resolution logits. Output: ``RVOSOutput`` with Q = 1,
+    mask_logits (B, T, 1, H, W) and scores (B, T, 1) = the frame's highest mask logit.
+    """
+
+    def __init__(self, backbone: ResNetBackbone, text_encoder: TextEncoder, dim: int = 128,
+                 heads: int = 4, fusion_layers: int = 1, temporal_layers: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        c2, c3, c4, c5 = backbone.channels
+        self.lateral = nn.ModuleList([nn.Conv2d(c, dim, 1) for c in (c3, c4, c5)])
+        self.coord_proj = nn.Conv2d(dim + 2, dim, 1)
+        self.word_proj = nn.Linear(text_encoder.dim, dim)
+        self.sentence_proj = nn.Linear(text_encoder.dim, dim)
+        self.fusion = nn.ModuleList([CrossModalAttentionLayer(dim, heads) for _ in range(fusion_layers)])
+        self.gate = SentenceGate(dim)
+        self.temporal = nn.ModuleList([Conv3dTemporalBlock(dim) for _ in range(temporal_layers)])
+        self.head = UpsamplingMaskHead(dim, c2)
+
+    def forward(self, frames: Tensor, texts: list[str]) -> RVOSOutput:
+        b, t, _, h, w = frames.shape
+        if len(texts) != b:
+            raise ValueError(f"{len(texts)} sentences for a batch of {b} clips")
+        c2, c3, c4, c5 = self.backbone(frames.flatten(0, 1))
+        # top-down merge at stride 8
+        x = self.lateral[2](c5)
+        x = self.lateral[1](c4) + F.interpolate(x, size=c4.shape[-2:], mode="nearest")
+        x = self.lateral[0](c3) + F.interpolate(x, size=c3.shape[-2:], mode="nearest")
+        coords = coordinate_channels(*x.shape[-2:], x.device).expand(x.shape[0], -1, -1, -1)
+        x = self.coord_proj(torch.cat([x, coords.to(x.dtype)], 1))          # (B*T, D, h8, w8)
+
+        text = self.text_encoder(texts, device=frames.device)
+        words = self.word_proj(text.words).repeat_interleave(t, dim=0)       # (B*T, L, D)
+        padding = text.padding_mask.repeat_interleave(t, dim=0)
+        sentence = self.sentence_proj(text.sentence).repeat_interleave(t, dim=0)
+
+        n, d, hh, ww = x.shape
+        tokens = x.flatten(2).transpose(1, 2)                                # (B*T, S, D)
+        for layer in self.fusion:
+            tokens = layer(tokens, words, padding)
+        x = tokens.transpose(1, 2).reshape(n, d, hh, ww)
+        x = self.gate(x, sentence)
+
+        x = x.reshape(b, t, d, hh, ww)
+        for block in self.temporal:
+            x = block(x)
+        logits = self.head(x.flatten(0, 1), c2, (h, w)).reshape(b, t, 1, h, w)
+        scores = logits.flatten(3).amax(-1)                                  # (B, T, 1)
+        return RVOSOutput(mask_logits=logits, scores=scores)
+
+
+def build_baseline(cfg: BaselineConfig, text_cfg: TextConfig) -> BaselineRVOS:
+    """Explicit assembly of the baseline from its config."""
+    return BaselineRVOS(
+        backbone=build_resnet(cfg.backbone, cfg.backbone_weights),
+        text_encoder=TextEncoder(text_cfg.name, text_cfg.freeze, text_cfg.max_length),
+        dim=cfg.dim, heads=cfg.heads, fusion_layers=cfg.fusion_layers,
+        temporal_layers=cfg.temporal_layers,
+    )

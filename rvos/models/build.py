@@ -1,0 +1,25 @@
+"""``build_model(cfg)``: every rvos model, assembled explicitly from its config."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from rvos.config import Config
+from rvos.errors import RVOSError
+from rvos.losses import DenseMaskCriterion
+
+MODEL_KINDS = ("baseline", "query")
+
+
+def build_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
+    """Return (model, criterion) for ``cfg.model.kind``."""
+    kind = cfg.model.kind
+    if kind == "baseline":
+        from rvos.models.baseline import build_baseline
+
+        return build_baseline(cfg.model.baseline, cfg.model.text), DenseMaskCriterion(cfg.loss)
+    if kind == "query":
+        from rvos.models.query.build import build_query_model
+
+        return build_query_model(cfg)
+    raise RVOSError(f"unknown model.kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
