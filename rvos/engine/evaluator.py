@@ -1,0 +1,141 @@
+"""Score a model on a Ref-YouTube-VOS-layout split that has annotations.
+
+Protocol (the one our synthetic benchmark reports; the official benchmark protocols live in
+``rvos.metrics``): for every (video, expression), the model segments every frame of the
+video; J (region similarity) and F (boundary F-measure, DAVIS definitions) are averaged over
+all frames, J&F = (J + F) / 2 per expression; split figures are means over expressions, per
+expression type and overall.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rvos.data.palette import write_label_png
+from rvos.data.ytvos import RefYTVOSLayout
+from rvos.errors import RVOSError
+from rvos.inference import Predictor
+from rvos.metrics.davis import boundary_f_measure_batch, region_similarity_batch
+
+
+@dataclass
+class ExpressionScore:
+    video: str
+    exp_id: str
+    exp_type: str
+    text: str
+    num_frames: int
+    J: float
+    F: float
+    JF: float
+
+
+@dataclass
+class EvalResult:
+    """Per-expression scores and their aggregates."""
+
+    split: str
+    rows: list[ExpressionScore]
+
+    def summary(self) -> dict:
+        """{"overall": {J, F, JF, count}, "by_type": {type: {...}}} (unrounded means)."""
+        def agg(rows: list[ExpressionScore]) -> dict:
+            return {"J": float(np.mean([r.J for r in rows])), "F": float(np.mean([r.F for r in rows])),
+                    "JF": float(np.mean([r.JF for r in rows])), "count": len(rows)}
+
+        groups: dict[str, list[ExpressionScore]] = defaultdict(list)
+        for r in self.rows:
+            groups[r.exp_type or "all"].append(r)
+        return {"split": self.split,
+                "overall": agg(self.rows) if self.rows else {"J": math.nan, "F": math.nan,
+                                                              "JF": math.nan, "count": 0},
+                "by_type": {k: agg(v) for k, v in sorted(groups.items())}}
+
+    @property
+    def jf(self) -> float:
+        return self.summary()["overall"]["JF"]
+
+
+def format_table(summaries: list[dict]) -> str:
+    """A readable table: one row per expression type, one J&F column per split."""
+    types = sorted({t for s in summaries for t in s["by_type"]})
+    header = f"{'expression type':<16}" + "".join(f"{s['split'][:22]:>24}" for s in summaries)
+    lines = [header, "-" * len(header)]
+    for t in types + ["overall"]:
+        cells = []
+        for s in summaries:
+            d = s["overall"] if t == "overall" else s["by_type"].get(t)
+            cells.append(f"{'-':>24}" if d is None else
+                         f"{'J&F %.3f (J %.3f F %.3f)' % (d['JF'], d['J'], d['F']):>24}"[-24:])
+        lines.append(f"{t:<16}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: float = 0.5,
+                    max_samples: int = 0, masks_out: Path | None = None,
+                    progress: bool = True) -> EvalResult:
+    """Segment every (video, expression) of ``layout`` and score it.
+
+    max_samples > 0 evaluates only the first that many expressions (in sorted order).
+    masks_out, when given, receives palette PNGs in the Ref-YouTube-VOS submission layout
+    ``Annotations/<video>/<exp_id>/<frame>.png``.
+    """
+    if not layout.has_annotations:
+        raise RVOSError(f"split {layout.split!r} has no Annotations folder to score against",
+                        layout.root)
+    samples = layout.samples()
+    if max_samples > 0:
+        samples = samples[:max_samples]
+    by_video: dict[str, list[str]] = defaultdict(list)
+    for video, exp_id in samples:
+        by_video[video].append(exp_id)
+
+    rows: list[ExpressionScore] = []
+    bar = tqdm(total=len(samples), desc=f"evaluate {layout.split}", unit="exp",
+               disable=not progress, leave=False)
+    for video, exp_ids in by_video.items():
+        record = layout.videos[video]
+        expressions = [record.expressions[e] for e in exp_ids]
+        labels = layout.load_label_maps(video, record.frames)               # (T, H, W)
+        frames = ((name, layout.load_frames(video, [name])[0]) for name in record.frames)
+        pred = np.stack([p.masks(threshold) for p in
+                         predictor.predict(frames, [e.text for e in expressions])])  # (T,K,H,W)
+        for k, expression in enumerate(expressions):
+            gt = layout.referred_mask(labels, expression.obj_ids)
+            j = region_similarity_batch(gt, pred[:, k])
+            f = boundary_f_measure_batch(gt, pred[:, k])
+            rows.append(ExpressionScore(video, expression.exp_id, expression.exp_type,
+                                        expression.text, len(record.frames), float(np.mean(j)),
+                                        float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2)))
+            if masks_out is not None:
+                for name, mask in zip(record.frames, pred[:, k]):
+                    write_label_png(Path(masks_out) / "Annotations" / video / expression.exp_id
+                                    / f"{name}.png", mask.astype(np.uint8))
+        bar.update(len(expressions))
+    bar.close()
+    return EvalResult(layout.split, rows)
+
+
+def write_results(results: list[EvalResult], out_dir: Path) -> dict[str, Path]:
+    """metrics.json (unrounded), per_expression.csv, results.txt (the table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = [r.summary() for r in results]
+    paths = {"json": out_dir / "metrics.json", "csv": out_dir / "per_expression.csv",
+             "table": out_dir / "results.txt"}
+    paths["json"].write_text(json.dumps({s["split"]: s for s in summaries}, indent=1))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["split", *ExpressionScore.__dataclass_fields__])
+        writer.writeheader()
+        for r in results:
+            for row in r.rows:
+                writer.writerow({"split": r.split, **asdict(row)})
+    paths["table"].write_text(format_table(summaries) + "\n")
+    return paths

@@ -1,0 +1,288 @@
+"""The training loop: AMP, gradient accumulation, clipping, warm-restart cosine schedule,
+CSV + TensorBoard logging, atomic checkpoints, best-by-validation, exact resumption.
+
+Exact resumption: the clip a dataset returns depends only on (seed, epoch, index), the
+order of an epoch only on (seed, epoch), and checkpoints are written at optimizer-step
+boundaries with the optimizer, scheduler, scaler and torch RNG states. A run stopped
+mid-epoch and resumed therefore reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from rvos.config import Config, save_config
+from rvos.data.batch import collate_clips
+from rvos.data.build import build_train_dataset
+from rvos.data.ytvos import RefYTVOSLayout
+from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from rvos.engine.evaluator import evaluate_layout
+from rvos.errors import RVOSError
+from rvos.inference import Predictor, resolve_device
+from rvos.losses import weighted_total
+from rvos.models.build import build_model
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved with every checkpoint."""
+
+    epoch: int = 0                 # current epoch (0-based)
+    micro_step: int = 0            # batches of the current epoch already consumed
+    global_step: int = 0           # optimizer steps taken
+    best_jf: float = -math.inf
+    history: list[dict] = field(default_factory=list)   # per-epoch validation summaries
+
+
+class MetricsLogger:
+    """Append-only CSV (step, epoch, split, name, value) plus TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.csv_path = run_dir / "metrics.csv"
+        new = not self.csv_path.exists()
+        self._file = self.csv_path.open("a", newline="")
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(["step", "epoch", "split", "name", "value"])
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, epoch: float, split: str, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._csv.writerow([step, f"{epoch:.4f}", split, name, f"{value:.6g}"])
+            if self._tb is not None:
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+        self._file.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (they belong to work a resume will redo)."""
+        self._file.close()
+        rows = list(csv.reader(self.csv_path.open()))
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+        with self.csv_path.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        self._file = self.csv_path.open("a", newline="")
+        self._csv = csv.writer(self._file)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains ``build_model(cfg)`` on ``cfg.data`` into ``run_dir``.
+
+    Files in run_dir: config.yaml (resolved), metrics.csv, tensorboard/, curves.png,
+    checkpoints/{last,best}.{safetensors,json,state.pt}.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.train.out_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.model, self.criterion = build_model(cfg)
+        self.model.to(self.device)
+        self.dataset = build_train_dataset(cfg)
+        if len(self.dataset) < cfg.optim.batch_size:
+            raise RVOSError(f"training split has {len(self.dataset)} samples, fewer than one "
+                            f"batch of {cfg.optim.batch_size}", cfg.data.root)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            self.optimizer, T_0=cfg.optim.sched_t0, T_mult=cfg.optim.sched_t_mult,
+            eta_min=cfg.optim.min_lr)
+        self.use_amp = cfg.optim.amp
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
+        self.state = TrainState()
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ set-up
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        backbone, rest = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (backbone if name.startswith("backbone.") else rest).append(p)
+        groups = [{"params": rest, "lr": o.lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": o.lr * o.backbone_lr_mult})
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+    @property
+    def micro_steps_per_epoch(self) -> int:
+        o, t = self.cfg.optim, self.cfg.train
+        steps = len(self.dataset) // o.batch_size // o.accumulate_steps
+        if t.max_steps_per_epoch > 0:
+            steps = min(steps, t.max_steps_per_epoch)
+        return max(steps, 1) * o.accumulate_steps
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 100003 + epoch)
+        return torch.randperm(len(self.dataset), generator=g).tolist()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _training_state(self) -> dict:
+        s = self.state
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "epoch": s.epoch, "micro_step": s.micro_step, "global_step": s.global_step,
+                "best_jf": s.best_jf}
+
+    def save(self, name: str, extra_meta: dict | None = None) -> Path:
+        s = self.state
+        meta = {"epoch": s.epoch, "micro_step": s.micro_step, "step": s.global_step,
+                "best_jf": s.best_jf, "history": s.history, **(extra_meta or {})}
+        return save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.cfg, meta,
+                               self._training_state())
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Restore weights and the full training state (default: checkpoints/last)."""
+        path = Path(path) if path else self.run_dir / "checkpoints" / "last.safetensors"
+        ckpt = load_checkpoint(path, with_training_state=True)
+        load_weights_into(self.model, ckpt, path, expected=self.cfg)
+        ts = ckpt.training_state
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        self.scaler.load_state_dict(ts["scaler"])
+        torch.set_rng_state(ts["torch_rng"])
+        if torch.cuda.is_available() and ts["cuda_rng"]:
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        self.state = TrainState(epoch=int(ts["epoch"]), micro_step=int(ts["micro_step"]),
+                                global_step=int(ts["global_step"]), best_jf=float(ts["best_jf"]),
+                                history=list(ckpt.meta.get("history", [])))
+
+    # ------------------------------------------------------------------ loop
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def validate(self) -> dict | None:
+        """J&F on the validation split (None when it has no annotations or eval is off)."""
+        d = self.cfg.data
+        layout = RefYTVOSLayout(Path(d.root), d.val_split)
+        if not layout.has_annotations:
+            return None
+        predictor = Predictor(self.model, d.input_size, self.cfg.eval.window, self.device)
+        result = evaluate_layout(predictor, layout, self.cfg.eval.threshold,
+                                 max_samples=d.max_val_samples, progress=self.progress)
+        self.model.train()
+        return result.summary()
+
+    def fit(self, stop_after_steps: int = 0) -> TrainState:
+        """Train until cfg.train.epochs are done (or a stop: SIGINT/SIGTERM, the time budget,
+        ``stop_after_steps`` optimizer steps in this call), checkpointing as it goes."""
+        cfg, o = self.cfg, self.cfg.optim
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        logger = MetricsLogger(self.run_dir)
+        logger.truncate_after(self.state.global_step)
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        started, steps_this_call = time.monotonic(), 0
+        per_epoch = self.micro_steps_per_epoch
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+        try:
+            while self.state.epoch < cfg.train.epochs:
+                epoch = self.state.epoch
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(epoch)
+                order = self.epoch_order(epoch)
+                batches = [order[i * o.batch_size:(i + 1) * o.batch_size] for i in range(per_epoch)]
+                loader = DataLoader(self.dataset, batch_sampler=batches[self.state.micro_step:],
+                                    collate_fn=collate_clips, num_workers=cfg.data.num_workers)
+                bar = tqdm(total=per_epoch, initial=self.state.micro_step, disable=not self.progress,
+                           desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch")
+                running: dict[str, float] = {}
+                for batch in loader:
+                    batch = batch.to(self.device)
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                        output = self.model(batch.frames, batch.texts)
+                        losses = self.criterion(output, batch)
+                        total = weighted_total(losses, self.criterion.weights)
+                    if not torch.isfinite(total):
+                        raise RVOSError(f"loss became {total.item()} at step {self.state.global_step}"
+                                        " (lower optim.lr or check the data)", self.run_dir)
+                    self.scaler.scale(total / o.accumulate_steps).backward()
+                    for k, v in {**losses, "total": total}.items():
+                        running[k] = running.get(k, 0.0) + float(v.detach()) / o.accumulate_steps
+                    self.state.micro_step += 1
+                    bar.update(1)
+                    if self.state.micro_step % o.accumulate_steps:
+                        continue
+                    self.scaler.unscale_(self.optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(
+                        params, o.clip_grad_norm if o.clip_grad_norm > 0 else math.inf)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.state.global_step += 1
+                    steps_this_call += 1
+                    self.scheduler.step(epoch + self.state.micro_step / per_epoch)
+                    bar.set_postfix(loss=f"{running['total']:.3f}", gnorm=f"{float(norm):.2f}")
+                    if self.state.global_step % cfg.train.log_every == 0:
+                        logger.log(self.state.global_step, epoch + self.state.micro_step / per_epoch,
+                                   "train", {**running, "grad_norm": float(norm),
+                                             "lr": self.optimizer.param_groups[0]["lr"]})
+                    running = {}
+                    out_of_time = (cfg.train.time_budget_s > 0 and
+                                   time.monotonic() - started > cfg.train.time_budget_s)
+                    if (self._stop_requested or out_of_time or
+                            (stop_after_steps and steps_this_call >= stop_after_steps)):
+                        bar.close()
+                        self.save("last")
+                        return self.state
+                bar.close()
+                self.state.epoch, self.state.micro_step = epoch + 1, 0
+                summary = None
+                if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
+                    summary = self.validate()
+                if summary is not None:
+                    jf = summary["overall"]["JF"]
+                    logger.log(self.state.global_step, epoch + 1, "val",
+                               {"J": summary["overall"]["J"], "F": summary["overall"]["F"], "JF": jf})
+                    self.state.history.append({"epoch": epoch + 1, "step": self.state.global_step,
+                                               **summary["overall"]})
+                    if jf > self.state.best_jf:
+                        self.state.best_jf = jf
+                        self.save("best", {"val": summary})
+                self.save("last")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            logger.close()
+            self._plot()
+        return self.state
+
+    def _plot(self) -> None:
+        try:
+            from rvos.viz import plot_training_curves
+
+            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+        except Exception as e:  # a plot must never cost a finished training run
+            print(f"warning: could not plot training curves: {e}")
