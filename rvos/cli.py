@@ -1,0 +1,251 @@
+"""The ``rvos`` command: data, train, evaluate, predict, bench, demo.
+
+Every command reports bad input as one line naming the file and the problem, with exit
+status 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rvos.errors import RVOSError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW like 128x128, got {text!r}") from None
+    return h, w
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from rvos.data.synthetic import SynthConfig, generate_benchmark
+
+    cfg = SynthConfig(seed=args.seed)
+    if args.videos is not None:
+        cfg = _scaled_synth_config(cfg, args.videos)
+    if args.frames is not None:
+        cfg.num_frames = args.frames
+    if args.size is not None:
+        cfg.height, cfg.width = args.size
+    info = generate_benchmark(args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
+    print(json.dumps(info.get("counts", info), indent=1))
+    print(f"synthetic benchmark written to {args.out}")
+    return 0
+
+
+def _scaled_synth_config(cfg, train_videos: int):
+    """--videos N: N training videos; valid/test/compositional scaled to N/5 (at least 4)."""
+    cfg.train_videos = train_videos
+    cfg.valid_videos = cfg.test_videos = cfg.compositional_videos = max(4, train_videos // 5)
+    return cfg
+
+
+def cmd_data_convert_davis(args: argparse.Namespace) -> int:
+    from rvos.data.davis import convert_davis_to_ytvos
+
+    convert_davis_to_ytvos(args.davis_root, args.expressions, args.out, split=args.split,
+                           resolution=args.resolution)
+    print(f"Ref-DAVIS17 in the Ref-YouTube-VOS layout written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from rvos.config import load_config
+    from rvos.engine.trainer import Trainer
+    from rvos.outputs_dir import check_fresh_output
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.out or cfg.train.out_dir)
+    if args.resume is None:
+        check_fresh_output(run_dir, args.overwrite)
+    trainer = Trainer(cfg, run_dir, progress=not args.quiet)
+    if args.resume is not None:
+        trainer.resume(args.resume or None)
+        print(f"resumed from step {trainer.state.global_step} (epoch {trainer.state.epoch + 1}, "
+              f"batch {trainer.state.micro_step})")
+    state = trainer.fit(stop_after_steps=args.stop_after_steps)
+    done = state.epoch >= cfg.train.epochs
+    print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
+          f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.benchmark:
+        from rvos.metrics.cli import run_benchmark
+
+        return run_benchmark(args)
+    if not args.checkpoint:
+        raise RVOSError("rvos evaluate needs --checkpoint (score a model) or --benchmark "
+                        "(score prediction folders)")
+    from rvos.data.ytvos import RefYTVOSLayout
+    from rvos.engine.evaluator import evaluate_layout, format_table, write_results
+    from rvos.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+    from rvos.engine.checkpoint import load_checkpoint
+
+    cfg = load_checkpoint(args.checkpoint).config
+    root = Path(args.data or cfg.data.root)
+    out = Path(args.out)
+    results = []
+    for split in args.split:
+        layout = RefYTVOSLayout(root, split)
+        masks_out = out / "predictions" / split if args.save_masks else None
+        results.append(evaluate_layout(predictor, layout, args.threshold, args.max_samples,
+                                       masks_out, progress=not args.quiet))
+    paths = write_results(results, out)
+    print(format_table([r.summary() for r in results]))
+    print(f"metrics: {paths['json']}  per expression: {paths['csv']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rvos.inference import Predictor
+    from rvos.predict import segment_video
+
+    if not Path(args.video).exists():
+        raise RVOSError("video not found", args.video)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+    summary = segment_video(predictor, args.video, args.text, args.out, args.threshold,
+                            overwrite=args.overwrite, gif=not args.no_gif,
+                            progress=not args.quiet)
+    print(f"{summary['frames']} frames segmented for {len(args.text)} sentence(s)")
+    for k, e in summary["expressions"].items():
+        print(f"  [{k}] {e['text']!r}: masks in {Path(args.out) / e['masks']}, "
+              f"mean area {100 * e['mean_area_fraction']:.2f}% of the frame")
+    print(f"overlay video: {Path(args.out) / 'overlay.mp4'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench, demo
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rvos.bench import run_baseline_benchmarks
+
+    run_baseline_benchmarks(args)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rvos.demo import run_demo
+
+    return run_demo(Path(args.out), budget_s=args.budget_s, overwrite=args.overwrite,
+                    progress=not args.quiet)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rvos", description="Referring video object segmentation toolkit.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    data = sub.add_parser("data", help="make or convert datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    synth = data_sub.add_parser("synth", parents=[common], help="generate the synthetic referring-video benchmark")
+    synth.add_argument("--out", required=True, help="output folder (Ref-YouTube-VOS layout)")
+    synth.add_argument("--videos", type=int, help="training videos (other splits scale with it)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--frames", type=int, help="frames per video")
+    synth.add_argument("--size", type=_size, help="frame size HxW, e.g. 128x128")
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(func=cmd_data_synth)
+    davis = data_sub.add_parser("convert-davis", parents=[common],
+                                help="DAVIS-2017 + Ref-DAVIS17 texts -> Ref-YouTube-VOS layout")
+    davis.add_argument("--davis-root", required=True, help="folder with JPEGImages/ and Annotations/")
+    davis.add_argument("--expressions", required=True,
+                       help="folder of Davis17_annot*.txt files, or a meta_expressions.json")
+    davis.add_argument("--out", required=True)
+    davis.add_argument("--split", default="valid")
+    davis.add_argument("--resolution", default="480p")
+    davis.set_defaults(func=cmd_data_convert_davis)
+
+    train = sub.add_parser("train", parents=[common], help="train a model from a YAML config")
+    train.add_argument("config", help="YAML config (see configs/)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
+    train.add_argument("--out", help="run folder (default: train.out_dir of the config)")
+    train.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                       help="continue exactly where a run stopped (default: <run>/checkpoints/last)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
+    train.add_argument("--stop-after-steps", type=int, default=0,
+                       help="stop (checkpointed) after this many optimizer steps")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", parents=[common],
+                        help="score a checkpoint on a split, or prediction folders on a benchmark")
+    ev.add_argument("--checkpoint", help="checkpoint (.safetensors with its .json beside it)")
+    ev.add_argument("--data", help="dataset root (default: the checkpoint's data.root)")
+    ev.add_argument("--split", nargs="+", default=["test"], help="splits to score")
+    ev.add_argument("--out", default="eval", help="folder for metrics.json, per_expression.csv")
+    ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument("--window", type=int, help="frames per inference window")
+    ev.add_argument("--max-samples", type=int, default=0, help="score only the first N expressions")
+    ev.add_argument("--save-masks", action="store_true", help="also write predicted masks")
+    ev.add_argument("--device", default="auto")
+    try:
+        from rvos.metrics.cli import add_benchmark_arguments
+
+        add_benchmark_arguments(ev)
+    except ImportError:
+        ev.set_defaults(benchmark=None)
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", parents=[common], help="segment a video with one or more sentences")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--video", required=True, help="video file (mp4, avi, mov, webm) or folder of frames")
+    pr.add_argument("--text", action="append", required=True, help="a referring sentence (repeatable)")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--threshold", type=float, default=0.5)
+    pr.add_argument("--window", type=int, help="frames per window (memory bound)")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--no-gif", action="store_true")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    be = sub.add_parser("bench", parents=[common], help="speed and quality benchmarks of the baseline")
+    be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality"])
+    be.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
+    be.add_argument("--device", default="auto")
+    be.add_argument("--budget-s", type=float, default=420.0, help="training budget for quality")
+    be.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="the main job: synthetic data -> train -> evaluate -> predict")
+    demo.add_argument("--out", default="demo_output")
+    demo.add_argument("--budget-s", type=float, default=420.0, help="training time budget")
+    demo.add_argument("--overwrite", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    from rvos import __version__
+
+    return f"rvos {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RVOSError as e:
+        print(f"rvos {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rvos {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
