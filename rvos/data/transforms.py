@@ -1,0 +1,161 @@
+"""Clip-consistent transforms: normalisation and augmentation of a whole clip at once.
+
+A referring clip is augmented with ONE set of random parameters shared by all its frames
+(crop box, flip, colour jitter), so that motion and appearance stay coherent in time. A
+horizontal flip also swaps left/right words in the sentence, or the text would describe
+the wrong object.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Whole words only: "left", "left-most", "leftmost", "leftward(s)"; not "bright" or "lefty".
+_LEFT_RIGHT = re.compile(r"\b(left|right)(-?most|wards?)?\b", re.IGNORECASE)
+
+
+def _match_case(word: str, like: str) -> str:
+    if like.isupper():
+        return word.upper()
+    if like[0].isupper():
+        return word[0].upper() + word[1:]
+    return word
+
+
+def swap_left_right(text: str) -> str:
+    """Swap left/right words as a horizontal flip does: "the dog to the Left of the car" ->
+    "the dog to the Right of the car"; "leftmost" <-> "rightmost", "left-most" <->
+    "right-most"; case preserved; words that merely contain them ("bright") untouched."""
+
+    def swap(m: re.Match) -> str:
+        side = m.group(1)
+        other = "right" if side.lower() == "left" else "left"
+        return _match_case(other, side) + (m.group(2) or "")
+
+    return _LEFT_RIGHT.sub(swap, text)
+
+
+def _mean_std(device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(3, 1, 1)
+    return mean, std
+
+
+def normalize_frames(frames: np.ndarray | Tensor) -> Tensor:
+    """uint8 RGB frames (T, H, W, 3) -> ImageNet-normalised float32 tensor (T, 3, H, W)."""
+    x = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, Tensor) else frames
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got shape {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    mean, std = _mean_std(x.device)
+    return (x - mean) / std
+
+
+def denormalize(frames: Tensor) -> Tensor:
+    """ImageNet-normalised (..., 3, H, W) -> RGB float in [0, 1], same shape."""
+    mean, std = _mean_std(frames.device)
+    return (frames.float() * std + mean).clamp_(0.0, 1.0)
+
+
+class ClipTransform:
+    """Resize (and, for training, augment) a clip with parameters shared by all frames.
+
+    Frames are resized bilinearly (antialiased) straight to ``input_size`` (H, W), masks
+    with nearest neighbour; the aspect ratio is not kept, so predictions map back to the
+    source size by a plain resize. Training augmentations, each drawn once per clip:
+
+    - ``scale_jitter`` s: crop a box of relative size u in [1 - s, 1] (same aspect as the
+      frame) at a random place; crops that would remove the referred object from every
+      frame where it is visible are redrawn (a few tries, then the full frame).
+    - ``hflip_prob``: horizontal flip; the sentence's left/right words are swapped.
+    - ``color_jitter`` c: brightness and contrast factors in [1 - c, 1 + c].
+    """
+
+    _CROP_TRIES = 5
+
+    def __init__(self, input_size: tuple[int, int], train: bool = False, hflip_prob: float = 0.0,
+                 scale_jitter: float = 0.0, color_jitter: float = 0.0):
+        if len(input_size) != 2 or min(input_size) <= 0:
+            raise ValueError(f"input_size must be (H, W) > 0, got {input_size}")
+        if not 0.0 <= hflip_prob <= 1.0:
+            raise ValueError(f"hflip_prob must lie in [0, 1], got {hflip_prob}")
+        if not 0.0 <= scale_jitter < 1.0:
+            raise ValueError(f"scale_jitter must lie in [0, 1), got {scale_jitter}")
+        if not 0.0 <= color_jitter < 1.0:
+            raise ValueError(f"color_jitter must lie in [0, 1), got {color_jitter}")
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.train = train
+        self.hflip_prob = hflip_prob
+        self.scale_jitter = scale_jitter
+        self.color_jitter = color_jitter
+
+    def _crop_box(self, masks: Tensor, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(y0, x0, h, w) of the crop, in source pixels."""
+        _, H, W = masks.shape
+        if not self.train or self.scale_jitter <= 0:
+            return 0, 0, H, W
+        had_object = bool(masks.any())
+        for _ in range(self._CROP_TRIES):
+            u = rng.uniform(1.0 - self.scale_jitter, 1.0)
+            h, w = max(1, round(H * u)), max(1, round(W * u))
+            y0 = int(rng.integers(0, H - h + 1))
+            x0 = int(rng.integers(0, W - w + 1))
+            if not had_object or masks[:, y0:y0 + h, x0:x0 + w].any():
+                return y0, x0, h, w
+        return 0, 0, H, W
+
+    def __call__(self, frames: np.ndarray, masks: np.ndarray, text: str,
+                 rng: np.random.Generator | None = None) -> tuple[Tensor, Tensor, str, bool]:
+        """frames: uint8 (T, H, W, 3) RGB; masks: (T, H, W) bool/{0,1} of the referred object.
+
+        Returns frames (T, 3, h, w) float32 ImageNet-normalised, masks (T, h, w) float32 in
+        {0, 1}, the sentence (left/right swapped when flipped) and whether it was flipped,
+        with (h, w) = ``input_size``. ``rng`` is needed when training augmentations are on.
+        """
+        frames = np.asarray(frames)
+        masks = np.asarray(masks)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (T, H, W, 3), got shape {frames.shape}")
+        if masks.shape != frames.shape[:3]:
+            raise ValueError(f"masks {masks.shape} do not match frames {frames.shape[:3]}")
+        augment = self.train and (self.hflip_prob > 0 or self.scale_jitter > 0 or self.color_jitter > 0)
+        if augment and rng is None:
+            raise ValueError("ClipTransform needs an rng when training augmentations are on")
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T,3,H,W)
+        m = torch.from_numpy(np.ascontiguousarray(masks > 0))                            # (T,H,W)
+
+        y0, x0, h, w = self._crop_box(m, rng) if augment else (0, 0, *m.shape[1:])
+        x = x[:, :, y0:y0 + h, x0:x0 + w]
+        m = m[:, y0:y0 + h, x0:x0 + w]
+
+        if (h, w) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
+                              antialias=True)
+            m = F.interpolate(m[:, None].float(), size=self.input_size, mode="nearest")[:, 0] > 0.5
+
+        flipped = bool(augment and self.hflip_prob > 0 and rng.random() < self.hflip_prob)
+        if flipped:
+            x = x.flip(-1)
+            m = m.flip(-1)
+            text = swap_left_right(text)
+
+        if augment and self.color_jitter > 0:
+            brightness = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter)
+            contrast = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter)
+            # One clip-wide grey level, so that the frames keep their relative brightness.
+            grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean()
+            x = ((x - grey) * contrast + grey) * brightness
+
+        x = x.clamp_(0.0, 255.0).div_(255.0)
+        mean, std = _mean_std()
+        x = (x - mean) / std
+        return x.contiguous(), m.float().contiguous(), text, flipped
