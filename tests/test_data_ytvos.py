@@ -273,8 +273,9 @@ def test_resumed_run_sees_the_same_clips_with_workers(layout):
     loader = torch.utils.data.DataLoader(resumed, batch_size=2, num_workers=2,
                                          collate_fn=collate_clips,
                                          multiprocessing_context="fork")
-    got = [m for batch in loader for m in batch.meta]
-    frames = torch.cat([batch.frames for batch in loader])
+    batches = list(loader)
+    got = [m for batch in batches for m in batch.meta]
+    frames = torch.cat([batch.frames for batch in batches])
     assert got == [s.meta for s in expected]
     assert torch.equal(frames, torch.stack([s.frames for s in expected]))
 
