@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from rvos.config import Config, load_config, save_config, to_dict
+from rvos.errors import RVOSError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_the_seed_recipe():
+    cfg = Config()
+    assert (cfg.loss.bce, cfg.loss.dice, cfg.loss.focal) == (0.3, 0.6, 0.1)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (5e-4, 1e-4)
+    assert (cfg.optim.sched_t0, cfg.optim.sched_t_mult) == (5, 2)
+    assert (cfg.optim.accumulate_steps, cfg.optim.clip_grad_norm) == (4, 1.0)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1.0e-3\ndata:\n  num_frames: 6\n")
+    cfg = load_config(path, ["optim.lr=2e-4", "data.input_size=[96,160]", "model.kind=query"])
+    assert cfg.optim.lr == pytest.approx(2e-4)          # "2e-4" is a string to YAML 1.1
+    assert cfg.data.num_frames == 6
+    assert cfg.data.input_size == (96, 160)
+    assert cfg.model.kind == "query"
+    assert cfg.optim.weight_decay == 1e-4               # untouched defaults stay
+
+
+def test_unknown_key_names_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(RVOSError) as e:
+        load_config(path)
+    assert "bad.yaml" in str(e.value) and "optim.learning_rate" in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [("optim.batch_size=two", "optim.batch_size"),
+                                           ("data.input_size=[1,2,3]", "data.input_size"),
+                                           ("train.epochs=1.5", "train.epochs")])
+def test_wrong_types_are_refused(override, key):
+    with pytest.raises(RVOSError, match=key):
+        load_config(None, [override])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(RVOSError, match="key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(RVOSError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(None, ["optim.lr=3e-4", "data.input_size=[64,96]"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert to_dict(load_config(tmp_path / "run" / "config.yaml")) == to_dict(cfg)
+
+
+def test_every_shipped_config_is_valid():
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs, "configs/ is empty"
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.model.kind in ("baseline", "query"), path
+        assert not str(cfg.data.root).startswith("/"), f"{path}: absolute data path"
