@@ -102,3 +102,179 @@ def build_resnet(name: str, weights: str = "none") -> ResNetBackbone:
     if not name.startswith("resnet") or not name[6:].isdigit():
         raise RVOSError(f"unknown ResNet backbone {name!r} (resnet18, resnet34, resnet50, resnet101)")
     return ResNetBackbone(int(name[6:]), weights)
+
+
+# --------------------------------------------------------------------------- query-model backbones
+
+class SwinBackbone(nn.Module):
+    """torchvision Swin Transformer (swin_t / swin_s / swin_b) as a multi-scale extractor.
+
+    forward: (N, 3, H, W) -> 4 maps (N, C_i, h_i, w_i) at strides 4, 8, 16, 32 (the patch
+    embedding floors H/4, each patch merging rounds up), C = embed * (1, 2, 4, 8); each
+    stage output gets its own LayerNorm, as in Swin's detection setup.
+    """
+
+    def __init__(self, variant: str = "t", weights: str = "none"):
+        super().__init__()
+        builders = {"t": torchvision.models.swin_t, "s": torchvision.models.swin_s,
+                    "b": torchvision.models.swin_b}
+        if variant not in builders:
+            raise RVOSError(f"no Swin-{variant.upper()}; choose one of swin_t, swin_s, swin_b")
+        net = build_torchvision(builders[variant], weights)
+        self.features = net.features          # [embed, stage1, merge, stage2, merge, stage3, merge, stage4]
+        embed = net.features[0][0].out_channels
+        self.channels = [embed, 2 * embed, 4 * embed, 8 * embed]
+        self.strides = [4, 8, 16, 32]
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
+        self._taps = (1, 3, 5, 7)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for i, block in enumerate(self.features):
+            x = block(x)                                   # channels-last (N, h, w, C)
+            if i in self._taps:
+                outs.append(self.norms[len(outs)](x).permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+class VideoSwinBackbone(nn.Module):
+    """torchvision Video Swin Transformer (swin3d_t / swin3d_s / swin3d_b), the backbone SOC
+    and SgMg use, as a multi-scale extractor that keeps every frame.
+
+    The temporal patch size is 1 instead of 2 (as MTTR/SOC do) so there is one feature map
+    per input frame; pretrained (Kinetics) patch-embedding weights are summed over their
+    two temporal taps, which keeps the response to a static clip unchanged. Attention
+    windows span up to 8 frames, so each frame's features see its neighbours.
+
+    forward: clip (B, T, 3, H, W) -> 4 maps (B*T, C_i, H/4 .. H/32), frames of a clip
+    consecutive; C = embed * (1, 2, 4, 8). ``is_video`` tells callers to pass whole clips.
+    """
+
+    is_video = True
+
+    def __init__(self, variant: str = "t", weights: str = "none"):
+        super().__init__()
+        builders = {"t": torchvision.models.video.swin3d_t, "s": torchvision.models.video.swin3d_s,
+                    "b": torchvision.models.video.swin3d_b}
+        if variant not in builders:
+            raise RVOSError(f"no Video-Swin-{variant.upper()}; choose one of video_swin_t, "
+                            "video_swin_s, video_swin_b")
+        net = build_torchvision(builders[variant], weights)
+        old = net.patch_embed.proj
+        proj = nn.Conv3d(old.in_channels, old.out_channels, kernel_size=(1, 4, 4), stride=(1, 4, 4))
+        with torch.no_grad():
+            proj.weight.copy_(old.weight.sum(2, keepdim=True))
+            proj.bias.copy_(old.bias)
+        net.patch_embed.proj = proj
+        net.patch_embed.tuple_patch_size = (1, 4, 4)
+        self.patch_embed = net.patch_embed
+        self.features = net.features          # [stage1, merge, stage2, merge, stage3, merge, stage4]
+        embed = old.out_channels
+        self.channels = [embed, 2 * embed, 4 * embed, 8 * embed]
+        self.strides = [4, 8, 16, 32]
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
+        self._taps = (0, 2, 4, 6)
+
+    def forward(self, clip: Tensor) -> list[Tensor]:
+        if clip.ndim != 5:
+            raise ValueError(f"VideoSwinBackbone takes clips (B, T, 3, H, W), got {tuple(clip.shape)}")
+        x = self.patch_embed(clip.transpose(1, 2))        # (B, T, h, w, C)
+        outs = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self._taps:
+                y = self.norms[len(outs)](x)              # (B, T, h, w, C)
+                outs.append(y.flatten(0, 1).permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+class MobileNetV2Backbone(nn.Module):
+    """torchvision MobileNetV2 (width 1.0) as a light multi-scale extractor.
+
+    forward: (N, 3, H, W) -> [(N, 24, H/4, W/4), (N, 32, H/8), (N, 96, H/16), (N, 320, H/32)]
+    (the final 1x1 conv to 1280 channels is dropped). ``weights``: "none", a torchvision
+    name (IMAGENET1K_V1/V2), or a file of ``mobilenet_v2().features`` tensors such as the
+    offline ``weights/mobilenetv2_imagenet_features.pt`` asset (keys ``features.<i>...``,
+    or bare ``<i>...``; a file with other names is mapped 1:1 in order).
+    """
+
+    def __init__(self, weights: str = "none"):
+        super().__init__()
+        is_file = weights not in ("", "none", None) and (
+            Path(weights).suffix in (".pt", ".pth", ".safetensors") or Path(weights).expanduser().exists())
+        if is_file:
+            net = torchvision.models.mobilenet_v2(weights=None)
+            load_mobilenet_features(net.features, weights)
+        else:
+            net = build_torchvision(torchvision.models.mobilenet_v2, weights)
+        self.features = net.features[:18]
+        self.channels = [24, 32, 96, 320]
+        self.strides = [4, 8, 16, 32]
+        self._taps = (3, 6, 13, 17)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self._taps:
+                outs.append(x)
+        return outs
+
+
+def load_mobilenet_features(features: nn.Module, path: str | Path) -> None:
+    """Load a file of MobileNetV2 ``features`` tensors (all of them, shapes checked)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RVOSError("MobileNetV2 weights file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RVOSError(f"cannot read weights ({type(e).__name__}: {e})", path) from None
+    if not isinstance(state, dict):
+        raise RVOSError("weights file does not hold a state dict", path)
+    own = features.state_dict()
+    if all(k.startswith("features.") for k in state):
+        state = {k[len("features."):]: v for k, v in state.items()}
+    if set(state) != set(own):
+        if len(state) != len(own):
+            raise RVOSError(f"weights do not fit MobileNetV2 features: {len(state)} tensors, "
+                            f"expected {len(own)}", path)
+        state = dict(zip(own, state.values()))         # same tensors, other names: by order
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise RVOSError(f"weights do not fit MobileNetV2 features: {name} has shape "
+                            f"{tuple(tensor.shape)}, expected {tuple(own[name].shape)}", path)
+    features.load_state_dict(state)
+
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b",
+             "video_swin_t", "video_swin_s", "video_swin_b", "mobilenet_v2")
+
+
+def build_backbone(name: str, weights: str = "none") -> nn.Module:
+    """Any multi-scale backbone by name (see ``BACKBONES``); every one exposes ``channels``
+    and ``strides`` (4, 8, 16, 32) of its four maps; ``weights`` is "none", a torchvision
+    weights name, or a file path."""
+    if name.startswith("resnet"):
+        return build_resnet(name, weights)
+    if name in ("swin_t", "swin_s", "swin_b"):
+        return SwinBackbone(name[-1], weights)
+    if name in ("video_swin_t", "video_swin_s", "video_swin_b"):
+        return VideoSwinBackbone(name[-1], weights)
+    if name == "mobilenet_v2":
+        return MobileNetV2Backbone(weights)
+    raise RVOSError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def clip_features(backbone: nn.Module, frames: Tensor) -> list[Tensor]:
+    """frames (B, T, 3, H, W) -> the backbone's maps, each (B*T, C_i, h_i, w_i), frames of
+    a clip consecutive; image backbones see the frames one by one, video backbones
+    (``is_video``) the whole clip."""
+    if getattr(backbone, "is_video", False):
+        return backbone(frames)
+    return backbone(frames.flatten(0, 1))
