@@ -346,6 +346,8 @@ class ReferringClipDataset(Dataset):
                    seed=seed)
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's clips. Call before building the epoch's DataLoader iterator:
+        persistent workers keep the copy of the dataset they started with."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
