@@ -141,6 +141,16 @@ def test_writer_refuses_bad_frames_and_empty_videos(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_closing_in_a_finally_does_not_hide_the_original_error(tmp_path):
+    writer = VideoWriter(tmp_path / "out.mp4", 24.0)
+    with pytest.raises(KeyError, match="the real problem"):
+        try:
+            raise KeyError("the real problem")
+        finally:
+            writer.close()  # no frames: would be an error of its own
+    assert not any(tmp_path.iterdir())
+
+
 def save_frames(folder: Path, names: list[str], frames) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, f in zip(names, frames):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -303,8 +304,9 @@ def iter_frame_windows(frames: Iterable[tuple[str, np.ndarray]], length: int, ov
 
     def window(items: list[tuple[int, str, np.ndarray]]) -> VideoWindow:
         first = items[0][0]
-        return VideoWindow(frames=np.stack([f for _, _, f in items]), names=[n for _, n, _ in items],
-                           first_index=first, num_repeated=max(emitted_end - first, 0))
+        return VideoWindow(frames=np.stack([f for _, _, f in items]),
+                           names=[n for _, n, _ in items], first_index=first,
+                           num_repeated=max(emitted_end - first, 0))
 
     total = 0
     for index, (name, frame) in enumerate(frames):
@@ -411,7 +413,11 @@ class VideoWriter:
             return
         if self.frames_written == 0:
             self.abort()
-            raise RVOSError("no frames were written, so no video was made", self.path)
+            # Called from a `finally:` while another error propagates, that error is the one
+            # the user must see; do not replace it with this consequence of it.
+            if sys.exc_info()[0] is None:
+                raise RVOSError("no frames were written, so no video was made", self.path)
+            return
         try:
             self._finish()
         except BaseException:
