@@ -7,7 +7,6 @@ status 2, instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     if args.size is not None:
         cfg.height, cfg.width = args.size
     info = generate_benchmark(args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(info.get("counts", info), indent=1))
+    print(f"{'split':<20}{'videos':>8}{'expressions':>13}  per type")
+    for split, counts in info["splits"].items():
+        per_type = ", ".join(f"{k} {v}" for k, v in counts["expressions_per_type"].items())
+        print(f"{split:<20}{counts['videos']:>8}{counts['expressions']:>13}  {per_type}")
     print(f"synthetic benchmark written to {args.out}")
     return 0
 

@@ -8,19 +8,20 @@ Writes, into ``out``:
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+import math
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from rvos.data.palette import davis_palette, write_label_png
-from rvos.data.video_io import VideoWriter, iter_video_frames, probe_video
+from rvos.data.palette import write_label_png
+from rvos.data.video_io import iter_video_frames, probe_video
 from rvos.errors import RVOSError
-from rvos.inference import FramePrediction, Predictor
+from rvos.inference import Predictor
 from rvos.outputs_dir import staged_output
-from rvos.viz import draw_caption, overlay_masks
+from rvos.viz import render_overlay_video, sentence_colors
 
 
 def segment_video(predictor: Predictor, video: str | Path, texts: list[str], out: str | Path,
@@ -35,34 +36,29 @@ def segment_video(predictor: Predictor, video: str | Path, texts: list[str], out
     if not texts or any(not t for t in texts):
         raise RVOSError("--text must be a non-empty sentence (got an empty one)")
     info = probe_video(video)
-    colors = [tuple(int(c) for c in davis_palette()[k + 1]) for k in range(len(texts))]
+    fps = info.fps or 10.0
+    colors = sentence_colors(len(texts))
     with staged_output(out, overwrite) as stage:
-        fps = info.fps or 10.0
-        writers = [VideoWriter(stage / "overlay.mp4", fps)]
-        if gif:
-            writers.append(VideoWriter(stage / "overlay.gif", min(fps, 12.0)))
         areas = np.zeros(len(texts))
-        count = 0
-        frames = iter_video_frames(video)
-        results: Iterator[FramePrediction] = predictor.predict(frames, texts)
-        try:
-            for writer in writers:
-                writer.__enter__()
-            for result in tqdm(results, total=info.num_frames, desc="segment", unit="frame",
-                               disable=not progress):
+
+        def frames_and_masks():
+            """Predict, save each frame's masks as PNGs, and pass (frame, masks) on."""
+            predictions = predictor.predict(iter_video_frames(video), texts)
+            for result in tqdm(predictions, total=info.num_frames, desc="segment",
+                               unit="frame", disable=not progress):
                 masks = result.masks(threshold)
                 for k, mask in enumerate(masks):
                     write_label_png(stage / "masks" / str(k) / f"{result.name}.png",
                                     mask.astype(np.uint8))
-                areas += masks.reshape(len(texts), -1).mean(1)
-                count += 1
-                frame = overlay_masks(result.frame, list(masks), colors)
-                frame = draw_caption(frame, list(zip(texts, colors)))
-                for writer in writers:
-                    writer.write(frame)
-        finally:
-            for writer in writers:
-                writer.__exit__(None, None, None)
+                areas[:] += masks.reshape(len(texts), -1).mean(1)
+                yield result.frame, masks
+
+        # tee buffers at most one item here: the renderer takes a frame, then its masks.
+        for_frames, for_masks = itertools.tee(frames_and_masks())
+        count = render_overlay_video((f for f, _ in for_frames), (m for _, m in for_masks),
+                                     texts, stage / "overlay.mp4",
+                                     stage / "overlay.gif" if gif else None, fps=fps,
+                                     colors=colors, gif_stride=max(1, math.ceil(fps / 12)))
         summary = {
             "video": str(video), "frames": count, "fps": fps,
             "size": [info.height, info.width], "threshold": threshold,
