@@ -13,10 +13,10 @@ relational, motion, temporal) that each provably single out one object::
 
 from rvos.data.synthetic.config import (COLORS, EXPRESSION_TYPES, GENERATOR_VERSION, SHAPES, SIZES,
                                         SPLITS, SynthConfig, heldout_color_shape_pairs)
-from rvos.data.synthetic.language import describe, parse_expression
+from rvos.data.synthetic.language import describe, parse_expression, query_kind
 from rvos.data.synthetic.predicates import check_expression, evaluate_query
 from rvos.data.synthetic.writer import INFO_FILE, generate_benchmark
 
 __all__ = ["COLORS", "EXPRESSION_TYPES", "GENERATOR_VERSION", "INFO_FILE", "SHAPES", "SIZES",
            "SPLITS", "SynthConfig", "check_expression", "describe", "evaluate_query",
-           "generate_benchmark", "heldout_color_shape_pairs", "parse_expression"]
+           "generate_benchmark", "heldout_color_shape_pairs", "parse_expression", "query_kind"]

@@ -73,11 +73,12 @@ class SynthConfig:
             if n < 0:
                 raise bad(f"{'compositional' if name == 'test_compositional' else name}_videos",
                           "must be >= 0")
-        if not 8 <= self.num_frames <= 48:
-            raise bad("num_frames", "must lie in [8, 48] (motion events need room on both sides)")
-        if min(self.height, self.width) < 64 or max(self.height, self.width) > 1024:
-            raise bad("height" if self.height < 64 or self.height > 1024 else "width",
-                      "height and width must lie in [64, 1024]")
+        if not 5 <= self.num_frames <= 48:
+            raise bad("num_frames", "must lie in [5, 48] (motion events need frames before "
+                      "and after them)")
+        for name in ("height", "width"):
+            if not 32 <= getattr(self, name) <= 1024:
+                raise bad(name, "must lie in [32, 1024] (below 128 the objects shrink with it)")
         if max(self.height, self.width) > 2 * min(self.height, self.width):
             raise bad("width", "aspect ratio must be at most 2:1")
         if not 2 <= self.min_objects <= self.max_objects:

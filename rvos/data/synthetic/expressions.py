@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from rvos.data.synthetic.config import EXPRESSION_TYPES
 from rvos.data.synthetic.language import (MOTION_TEMPLATES, RELATIONAL_TEMPLATES,
-                                          SPATIAL_TEMPLATES, TEMPORAL_TEMPLATES, describe)
+                                          SPATIAL_TEMPLATES, TEMPORAL_TEMPLATES, describe,
+                                          query_kind)
 from rvos.data.synthetic.predicates import NO, YES, SceneView, evaluate_query
 
 _KEYS = ("size", "color", "shape")
@@ -93,16 +95,20 @@ class CandidateFinder:
                     out += [(i, {"type": kind, "target": target, key: p}) for p in table]
         return out
 
-    def find(self, kind: str, chosen: list[Expression]) -> Expression | None:
+    def find(self, kind: str, chosen: list[Expression], usage: Counter) -> Expression | None:
         """One unambiguous expression of type ``kind`` that says something new, preferring
-        objects no chosen expression refers to yet; None if there is none."""
+        objects no chosen expression refers to yet, then the parameters ("left", "still",
+        ...) least used so far (``usage``: expressions per :func:`query_kind`); None if
+        there is none."""
         if kind not in self._cache:
             self._cache[kind] = self._proposals(kind)
         proposals = self._cache[kind]
         used_ids = {e.obj_id for e in chosen}
         used_queries = [e.query for e in chosen]
-        order = self.rng.permutation(len(proposals))
-        order = sorted(order, key=lambda j: self.view.ids[proposals[j][0]] in used_ids)
+        tiebreak = self.rng.random(len(proposals))
+        order = sorted(range(len(proposals)), key=lambda j: (
+            self.view.ids[proposals[j][0]] in used_ids, usage[query_kind(proposals[j][1])],
+            tiebreak[j]))
         for j in order[:_MAX_EVALUATIONS]:
             i, query = proposals[j]
             obj_id = self.view.ids[i]
@@ -115,9 +121,11 @@ class CandidateFinder:
         return None
 
 
-def choose_expressions(finder: CandidateFinder, type_order: list[str], count: int) -> list[Expression]:
+def choose_expressions(finder: CandidateFinder, type_order: list[str], count: int,
+                       usage: Counter) -> list[Expression]:
     """Up to ``count`` expressions, one per type in ``type_order`` (most wanted first), then
-    more rounds over the types that still have candidates."""
+    more rounds over the types that still have candidates; ``usage`` counts the split's
+    expressions so far per :func:`query_kind`, to balance the parameters too."""
     chosen: list[Expression] = []
     exhausted: set[str] = set()
     while len(chosen) < count and len(exhausted) < len(type_order):
@@ -126,7 +134,7 @@ def choose_expressions(finder: CandidateFinder, type_order: list[str], count: in
                 break
             if kind in exhausted:
                 continue
-            found = finder.find(kind, chosen)
+            found = finder.find(kind, chosen, usage + Counter(query_kind(e.query) for e in chosen))
             if found is not None:
                 chosen.append(found)
             else:
@@ -134,7 +142,10 @@ def choose_expressions(finder: CandidateFinder, type_order: list[str], count: in
     return chosen
 
 
-def type_order_by_need(counts: dict[str, int], rng: np.random.Generator) -> list[str]:
+def type_order_by_need(usage: Counter, rng: np.random.Generator) -> list[str]:
     """Expression types, least used so far first (ties in random order)."""
+    counts = Counter()
+    for kind, n in usage.items():
+        counts[kind.split("/")[0]] += n
     tiebreak = rng.random(len(EXPRESSION_TYPES))
     return sorted(EXPRESSION_TYPES, key=lambda k: (counts[k], tiebreak[EXPRESSION_TYPES.index(k)]))

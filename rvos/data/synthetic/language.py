@@ -61,11 +61,17 @@ TEMPORAL_TEMPLATES = {
     "leaves": ("the {np} that leaves the frame", "the {np} that goes out of view",
                "the {np} that exits the frame"),
 }
-# query key holding each type's parameter, and its templates
-_PARAM_KEY = {"spatial": "direction", "relational": "relation", "motion": "motion",
+# the query key holding each type's parameter ("direction", ...), and its templates
+PARAM_KEY = {"spatial": "direction", "relational": "relation", "motion": "motion",
               "temporal": "event"}
 _TEMPLATES = {"spatial": SPATIAL_TEMPLATES, "relational": RELATIONAL_TEMPLATES,
               "motion": MOTION_TEMPLATES, "temporal": TEMPORAL_TEMPLATES}
+
+
+def query_kind(query: dict) -> str:
+    """"attribute", "spatial/left", "motion/still", ...: the type and its parameter."""
+    key = PARAM_KEY.get(query["type"])
+    return query["type"] if key is None else f"{query['type']}/{query[key]}"
 
 
 def _pick(rng: np.random.Generator, options):
@@ -100,7 +106,7 @@ def describe(query: dict, rng: np.random.Generator) -> str:
         if "{adj}" in template:
             return template.format(noun=_noun(target, rng), adj=" and ".join(_adjectives(target, rng)))
         return template.format(np=noun_phrase(target, rng))
-    template = _pick(rng, _TEMPLATES[kind][query[_PARAM_KEY[kind]]])
+    template = _pick(rng, _TEMPLATES[kind][query[PARAM_KEY[kind]]])
     anchor = "the " + noun_phrase(query["anchor"], rng) if kind == "relational" else ""
     return template.format(np=noun_phrase(target, rng), anchor=anchor)
 
@@ -180,7 +186,7 @@ def parse_expression(text: str) -> dict:
                 continue
         query: dict = {"type": kind, "target": target}
         if kind != "attribute":
-            query[_PARAM_KEY[kind]] = param
+            query[PARAM_KEY[kind]] = param
         if kind == "relational":
             anchor = groups["anchor"]
             if not anchor.startswith("the "):

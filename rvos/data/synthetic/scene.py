@@ -99,7 +99,7 @@ def plan_motion(rng: np.random.Generator, kind: str, radius: float, cfg: SynthCo
         # along a main axis towards a wall, reflected at frame k; small drift across
         axis = int(rng.integers(2))
         sign = 1 if rng.random() < 0.5 else -1
-        k = int(rng.integers(max(3, t_len // 3), min(t_len - 3, 2 * t_len // 3) + 1))
+        k = int(rng.integers(max(1, t_len // 3), min(t_len - 2, 2 * t_len // 3) + 1))
         room = (hi[axis] - lo[axis]) / max(k, t_len - 1 - k)
         speed = min(rng.uniform(*FAST_SPEED) * s, room)
         if speed < 2 * MOVING_SPEED * s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,13 +52,16 @@ def _pick(rng: np.random.Generator, options):
 
 def plan_objects(rng: np.random.Generator, cfg: SynthConfig, num_objects: int,
                  twin_types: list[str], twin_pairs: list[tuple[str, str]],
-                 single_pairs: list[tuple[str, str]]) -> list[ObjectPlan] | None:
+                 single_pairs: list[tuple[str, str]], usage: Counter) -> list[ObjectPlan] | None:
     """Look-alike twins first (same shape, colour and size, contrasting motion, one pair per
-    entry of ``twin_types``), then single objects with random looks and motions."""
+    entry of ``twin_types``; the motion the split has fewest expressions about, ties at
+    random), then single objects with random looks and motions."""
     plans: list[ObjectPlan] = []
     for kind in twin_types:
         table = MOTION_CONTRASTS if kind == "motion" else TEMPORAL_CONTRASTS
-        referred_motion, contrasts = table[_pick(rng, list(table))]
+        tiebreak = rng.random(len(table))
+        need = sorted(zip(table, tiebreak), key=lambda kt: (usage[f"{kind}/{kt[0]}"], kt[1]))
+        referred_motion, contrasts = table[need[0][0]]
         color, shape = _pick(rng, twin_pairs)
         size = _pick(rng, ["small", "medium", "large"])
         d = sample_diameter(rng, size, cfg)
@@ -76,25 +80,26 @@ def plan_objects(rng: np.random.Generator, cfg: SynthConfig, num_objects: int,
 
 
 def generate_video(cfg: SynthConfig, split: str, index: int, heldout: list[tuple[str, str]],
-                   type_counts: dict[str, int]) -> VideoData:
-    """Video ``index`` of ``split``; ``type_counts`` (expressions per type so far in the
-    split) steers it towards the types the split still lacks."""
+                   usage: Counter) -> VideoData:
+    """Video ``index`` of ``split``; ``usage`` (the split's expressions so far per
+    :func:`~rvos.data.synthetic.language.query_kind`) steers it towards what the split
+    still lacks."""
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index])
     compositional = split == "test_compositional"
     all_pairs = [(c, s) for c in COLORS for s in SHAPES]
     seen_pairs = [p for p in all_pairs if p not in heldout]
     twin_pairs = heldout if compositional else seen_pairs
-    order = type_order_by_need(type_counts, rng)
+    order = type_order_by_need(usage, rng)
     wanted = order[:cfg.expressions_per_video]
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))   # fixed: keeps counts uniform
     best = None
     for attempt in range(HARD_LIMIT):
-        n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
         twins = [k for k in wanted if k in ("motion", "temporal")][:max(1, (n - 1) // 2)]
         if compositional:   # the referred objects must be of held-out pairs
             single_pairs = heldout if rng.random() < 0.5 else all_pairs
         else:
             single_pairs = seen_pairs
-        plans = plan_objects(rng, cfg, n, twins, twin_pairs, single_pairs)
+        plans = plan_objects(rng, cfg, n, twins, twin_pairs, single_pairs, usage)
         if plans is None:
             continue
         scene, labels, sprites, top_lefts, colors = build_scene(plans, cfg, rng)
@@ -105,7 +110,7 @@ def generate_video(cfg: SynthConfig, split: str, index: int, heldout: list[tuple
         referents = [i for i in range(len(view)) if seen_share[i] >= cfg.min_referent_visible
                      and (not compositional or (view.attrs[i]["color"], view.attrs[i]["shape"]) in heldout)]
         finder = CandidateFinder(view, referents, ("color", "shape") if compositional else (), rng)
-        chosen = choose_expressions(finder, order, cfg.expressions_per_video)
+        chosen = choose_expressions(finder, order, cfg.expressions_per_video, usage)
         score = (len({e.type for e in chosen} & set(wanted)), len(chosen))
         if chosen and (best is None or score > best[0]):
             best = (score, scene, chosen, labels, sprites, top_lefts, colors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from rvos.data.palette import write_label_png
 from rvos.data.synthetic.config import (COLORS, EXPRESSION_TYPES, GENERATOR_VERSION, SHAPES,
                                         SIZES, SPLITS, SynthConfig, heldout_color_shape_pairs)
+from rvos.data.synthetic.language import query_kind
 from rvos.data.synthetic.video import VideoData, generate_video
 from rvos.errors import RVOSError
 
@@ -37,11 +39,11 @@ def _write_video(root: Path, split: str, video_id: str, video: VideoData, qualit
 
 def _generate_split(root: Path, split: str, count: int, first_index: int, cfg: SynthConfig,
                     heldout: list[tuple[str, str]], progress: bool) -> dict:
-    type_counts = {k: 0 for k in EXPRESSION_TYPES}
+    usage: Counter = Counter()      # expressions per query kind ("motion/left", ...)
     meta, meta_exp, scenes = {}, {}, {}
     num_objects = 0
     for index in tqdm(range(count), desc=f"synth {split}", disable=not progress, unit="video"):
-        video = generate_video(cfg, split, index, heldout, type_counts)
+        video = generate_video(cfg, split, index, heldout, usage)
         video_id = f"synth_{first_index + index:06d}"
         _write_video(root, split, video_id, video, cfg.jpeg_quality)
         frames = video.scene["frames"]
@@ -55,13 +57,14 @@ def _generate_split(root: Path, split: str, count: int, first_index: int, cfg: S
             "frames": frames}
         scenes[video_id] = video.scene
         num_objects += len(video.scene["objects"])
-        for e in video.expressions:
-            type_counts[e.type] += 1
+        usage.update(query_kind(e.query) for e in video.expressions)
     _write_json(root / split / "meta.json", {"videos": meta})
     _write_json(root / "meta_expressions" / split / "meta_expressions.json", {"videos": meta_exp})
     _write_json(root / split / "scenes.json", {"videos": scenes}, indent=1)
-    return {"videos": count, "objects": num_objects, "expressions": sum(type_counts.values()),
-            "expressions_per_type": type_counts}
+    per_type = {k: sum(n for kind, n in usage.items() if kind.split("/")[0] == k)
+                for k in EXPRESSION_TYPES}
+    return {"videos": count, "objects": num_objects, "expressions": sum(usage.values()),
+            "expressions_per_type": per_type, "expressions_per_kind": dict(sorted(usage.items()))}
 
 
 def _holds_files(path: Path) -> bool:
