@@ -149,8 +149,11 @@ def precision_and_iou(coco_gt: COCO, predictions: list[dict]) -> dict:
 
 def coco_map(coco_gt: COCO, predictions: list[dict]) -> dict[str, float]:
     """COCOeval segm with ``useCats = 0``: stats[:6] under MTTR's labels."""
+    results = [dict(p, category_id=p.get("category_id", 1)) for p in copy.deepcopy(predictions)]
+    if not results:
+        raise RVOSError("no predictions to score")
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_pred = coco_gt.loadRes(copy.deepcopy(predictions))
+        coco_pred = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_pred, iouType="segm")
         evaluator.params.useCats = 0
         evaluator.evaluate()
