@@ -101,7 +101,9 @@ def describe(query: dict, rng: np.random.Generator) -> str:
     kind = query["type"]
     target = query["target"]
     if kind == "attribute":
-        templates = [t for t in ATTRIBUTE_TEMPLATES if "{adj}" not in t or _adjectives(target, rng)]
+        # "the circle that is red", but not "the shape that is medium"
+        clause_ok = "shape" in target and len(target) > 1
+        templates = [t for t in ATTRIBUTE_TEMPLATES if "{adj}" not in t or clause_ok]
         template = _pick(rng, templates)
         if "{adj}" in template:
             return template.format(noun=_noun(target, rng), adj=" and ".join(_adjectives(target, rng)))

@@ -7,7 +7,8 @@ object says "yes" and every other one says "no"; tests re-check that from ``scen
 
 Frames: an object is *seen* in a frame when at least ``seen_area_fraction`` of its area is
 visible (after occlusion and the image border); spatial statements use the centroids of
-visible pixels on seen frames; motion statements use the true centres of the steps where
+visible pixels, on the frames where the described object is seen (a rival counts as soon
+as any of it shows); motion statements use the true centres of the steps where
 the object shows at both ends; enter/leave use whether any of it lies inside the image.
 """
 
@@ -46,8 +47,8 @@ class SceneView:
         self.moving_speed = float(th["moving_speed"])
         self.still_speed = float(th["still_speed"])
         self.seen = self.visible_area >= th["seen_area_fraction"] * self.area[:, None]
-        visible = self.visible_area > 0
-        self.step_ok = visible[:, :-1] & visible[:, 1:]                                # (N, T-1)
+        self.visible = self.visible_area > 0                                           # (N, T)
+        self.step_ok = self.visible[:, :-1] & self.visible[:, 1:]                      # (N, T-1)
         self.velocity = np.diff(self.center, axis=1)                                    # (N, T-1, 2)
         self.speed = np.linalg.norm(self.velocity, axis=-1)
 
@@ -75,13 +76,14 @@ def _spatial(view: SceneView, candidates: np.ndarray, direction: str) -> list[st
             continue
         rivals = candidates.copy()
         rivals[i] = False
-        rival_seen = view.seen[rivals]                   # (R, T)
-        frames = view.seen[i] & rival_seen.any(axis=0)
+        # rivals count wherever any of them shows, even a sliver
+        rival_shows = view.visible[rivals]               # (R, T)
+        frames = view.seen[i] & rival_shows.any(axis=0)
         if not frames.any():
             out.append(UNCLEAR)
             continue
-        lead = coord[i][None, :] - coord[rivals]         # (R, T), nan where unseen
-        lead = np.where(rival_seen, lead, np.inf)[:, frames]
+        lead = coord[i][None, :] - coord[rivals]         # (R, T), nan where a rival is hidden
+        lead = np.where(rival_shows, lead, np.inf)[:, frames]
         wins = (lead >= margin).all(axis=0)              # clearly the extreme one
         losses = (lead <= -margin).any(axis=0)           # someone is clearly further
         if wins.all() and frames.sum() >= max(1, 0.5 * view.seen[i].sum()):

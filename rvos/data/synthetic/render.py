@@ -82,11 +82,15 @@ def clip_window(top: int, left: int, size: int, height: int, width: int):
 
 # ----------------------------------------------------------------------------- backgrounds
 
-def _muted_color(rng: np.random.Generator) -> np.ndarray:
+def _muted_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two low-saturation, mid-brightness RGB colours of nearby hue and clearly different
+    brightness: texture that never competes with the saturated object colours."""
     h = rng.random()
-    s = rng.uniform(0.06, 0.3)
-    v = rng.uniform(0.36, 0.72)
-    return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32) * 255.0
+    v = rng.uniform(0.4, 0.7)
+    dv = rng.uniform(0.08, 0.18) * (1 if rng.random() < 0.5 else -1)
+    hsv = [(h, rng.uniform(0.05, 0.25), v),
+           ((h + rng.uniform(-0.08, 0.08)) % 1.0, rng.uniform(0.05, 0.25), float(np.clip(v + dv, 0.28, 0.82)))]
+    return tuple(np.array(colorsys.hsv_to_rgb(*c), dtype=np.float32) * 255.0 for c in hsv)
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -106,8 +110,7 @@ def make_background(rng: np.random.Generator, height: int, width: int) -> tuple[
     checkerboard; all get a little fine-grained noise on top.
     """
     kind = ["gradient", "noise", "stripes", "checks"][int(rng.integers(4))]
-    c0 = _muted_color(rng)
-    c1 = np.clip(c0 + rng.uniform(-50, 50, size=3).astype(np.float32), 40, 215)
+    c0, c1 = _muted_pair(rng)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = min(height, width) / 128.0
     info: dict = {"kind": kind, "colors": [np.round(c0).astype(int).tolist(),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rvos.data.synthetic.config import COLORS, SHAPES, SIZES, SynthConfig
+from rvos.data.synthetic.config import COLORS, SIZES, SynthConfig
 from rvos.data.synthetic.render import render_labels, shape_sprite, sprite_top_left
 
 # Motion speeds in px/frame at 128 x 128 (scaled with the resolution).
@@ -22,9 +22,6 @@ MOVING_SPEED = 1.0               # a step at least this fast counts as moving
 STILL_SPEED = 0.1                # a step at most this fast counts as standing still
 SEEN_AREA_FRACTION = 0.3         # an object is "seen" in a frame when this share of it shows
 
-# The motions an object can have. "direction_*" are straight lines along an axis (+-12 deg).
-MOTIONS = ("static", "linear", "bounce", "stops", "starts", "enters", "leaves",
-           "direction_right", "direction_left", "direction_up", "direction_down")
 _AXES = {"right": 0.0, "down": 90.0, "left": 180.0, "up": 270.0}
 
 
@@ -66,7 +63,13 @@ def _line(rng, lo, hi, t_len, angle_deg, speed):
 
 
 def plan_motion(rng: np.random.Generator, kind: str, radius: float, cfg: SynthConfig):
-    """Trajectory (T, 2) and a description for one motion ``kind``, or None if it does not fit."""
+    """Trajectory (T, 2) and a description for one motion ``kind``, or None if it does not fit.
+
+    Kinds: "static"; "linear" (any angle); "direction_right|left|up|down" (linear within
+    12 degrees of that axis); "bounce" (towards a wall, reflected mid-clip); "stops" /
+    "starts" (moving then still / still then moving, switching in the middle third);
+    "enters" / "leaves" (fully outside the image for the first / last few frames).
+    """
     t_len, s = cfg.num_frames, cfg.scale
     lo = np.array([radius, radius])
     hi = np.array([cfg.width - radius, cfg.height - radius])
@@ -178,9 +181,11 @@ def sample_attributes(rng: np.random.Generator, existing: list[ObjectPlan],
 
 
 def _overlaps(a: ObjectPlan, b: ObjectPlan) -> bool:
-    """Whether two objects start (first frame) heavily overlapped."""
-    gap = np.linalg.norm(a.centers[0] - b.centers[0])
-    return gap < 0.6 * (a.diameter + b.diameter) / 2
+    """Whether two objects overlap heavily at the start or for much of the clip (passing
+    in front of each other for a while is welcome; hiding one for good is not)."""
+    gaps = np.linalg.norm(a.centers - b.centers, axis=1)
+    heavy = gaps < 0.6 * (a.diameter + b.diameter) / 2
+    return bool(heavy[0] or heavy.mean() > 1 / 3)
 
 
 def plan_object(rng, cfg: SynthConfig, shape: str, color: str, size: str, motion_kind: str,
@@ -266,6 +271,3 @@ def build_scene(plans: list[ObjectPlan], cfg: SynthConfig, rng: np.random.Genera
     }
     return scene, labels, sprites, top_lefts, [COLORS[p.color] for p in plans]
 
-
-__all__ = ["ObjectPlan", "build_scene", "plan_motion", "plan_object", "sample_attributes",
-           "random_motion_kind", "MOTIONS", "SHAPES"]

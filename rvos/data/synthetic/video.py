@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rvos.data.synthetic.config import COLORS, SHAPES, SPLITS, SynthConfig
+from rvos.data.synthetic.config import COLORS, SHAPES, SIZES, SPLITS, SynthConfig
 from rvos.data.synthetic.expressions import (CandidateFinder, Expression, choose_expressions,
                                              type_order_by_need)
 from rvos.data.synthetic.predicates import SceneView
 from rvos.data.synthetic.render import make_background, render_frames
 from rvos.data.synthetic.scene import (ObjectPlan, build_scene, plan_object, random_motion_kind,
                                        sample_attributes, sample_diameter)
+from rvos.errors import RVOSError
 
 # Look-alike pairs: the motion the referred twin gets -> motions its twin may get instead.
 MOTION_CONTRASTS = {
@@ -63,7 +64,7 @@ def plan_objects(rng: np.random.Generator, cfg: SynthConfig, num_objects: int,
         need = sorted(zip(table, tiebreak), key=lambda kt: (usage[f"{kind}/{kt[0]}"], kt[1]))
         referred_motion, contrasts = table[need[0][0]]
         color, shape = _pick(rng, twin_pairs)
-        size = _pick(rng, ["small", "medium", "large"])
+        size = _pick(rng, list(SIZES))
         d = sample_diameter(rng, size, cfg)
         for motion in (referred_motion, _pick(rng, contrasts)):
             obj = plan_object(rng, cfg, shape, color, size, motion, plans, diameter=d)
@@ -95,6 +96,8 @@ def generate_video(cfg: SynthConfig, split: str, index: int, heldout: list[tuple
     best = None
     for attempt in range(HARD_LIMIT):
         twins = [k for k in wanted if k in ("motion", "temporal")][:max(1, (n - 1) // 2)]
+        if attempt >= MAX_ATTEMPTS and attempt % 2:
+            twins = []      # look-alike pairs do not fit: settle for other expression types
         if compositional:   # the referred objects must be of held-out pairs
             single_pairs = heldout if rng.random() < 0.5 else all_pairs
         else:
@@ -118,8 +121,9 @@ def generate_video(cfg: SynthConfig, split: str, index: int, heldout: list[tuple
                                  or best[0] == (len(wanted), cfg.expressions_per_video)):
             break
     if best is None:
-        raise RuntimeError(f"no unambiguous expression found for {split} video {index} in "
-                           f"{HARD_LIMIT} scenes; the configuration leaves too little room")
+        raise RVOSError(f"SynthConfig leaves too little room: no unambiguous expression found "
+                        f"for {split} video {index} in {HARD_LIMIT} scenes (larger frames or "
+                        f"fewer objects help)")
     _, scene, chosen, labels, sprites, top_lefts, colors = best
     background, bg_info = make_background(rng, cfg.height, cfg.width)
     frames = render_frames(background, labels, sprites, top_lefts, colors, rng)

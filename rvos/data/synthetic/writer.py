@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from rvos.data.palette import write_label_png
 from rvos.data.synthetic.config import (COLORS, EXPRESSION_TYPES, GENERATOR_VERSION, SHAPES,
-                                        SIZES, SPLITS, SynthConfig, heldout_color_shape_pairs)
+                                        SIZES, SynthConfig, heldout_color_shape_pairs)
 from rvos.data.synthetic.language import query_kind
 from rvos.data.synthetic.video import VideoData, generate_video
 from rvos.errors import RVOSError
@@ -25,8 +25,7 @@ INFO_FILE = "synth_info.json"
 def _write_json(path: Path, data, indent: int | None = 4) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=indent)
-        f.write("\n")
+        json.dump(data, f, indent=indent)   # no trailing newline, as the official files
 
 
 def _write_video(root: Path, split: str, video_id: str, video: VideoData, quality: int) -> None:
@@ -127,6 +126,3 @@ def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, prog
         os.replace(partial, out)
     return info
 
-
-__all__ = ["generate_benchmark", "INFO_FILE"]
-assert set(SPLITS) == set(SynthConfig().videos_per_split())
