@@ -7,6 +7,7 @@ status 2, instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out or cfg.train.out_dir)
     if args.resume is None:
         check_fresh_output(run_dir, args.overwrite)
+        if run_dir.is_dir():           # --overwrite: start from an empty run folder
+            shutil.rmtree(run_dir)
     trainer = Trainer(cfg, run_dir, progress=not args.quiet)
     if args.resume is not None:
         trainer.resume(args.resume or None)

