@@ -244,7 +244,7 @@ def test_refuses_a_non_empty_out_dir_unless_overwrite(tmp_path):
     assert (out / "keep.txt").read_text() == "user data"
     generate_benchmark(out, TINY, progress=False, overwrite=True)
     assert (out / "synth_info.json").is_file() and not (out / "keep.txt").exists()
-    with pytest.raises(RVOSError):
+    with pytest.raises(RVOSError, match="already holds a synthetic benchmark"):
         generate_benchmark(out, TINY, progress=False)
 
 

@@ -70,6 +70,13 @@ def _holds_files(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, progress: bool = True,
                        overwrite: bool = False) -> dict:
     """Generate the synthetic referring-video benchmark into ``out_dir``; returns the
@@ -90,12 +97,13 @@ def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, prog
     """
     cfg = cfg or SynthConfig()
     cfg.validate()
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()      # "." has no name to put ".partial" after
     if _holds_files(out) and not overwrite:
-        raise RVOSError("already exists and is not empty; pass overwrite=True to replace it", out)
+        what = ("already holds a synthetic benchmark" if (out / INFO_FILE).is_file()
+                else "already exists and is not empty")
+        raise RVOSError(f"{what}; pass overwrite=True to replace it", out)
     partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)     # the leftovers of an interrupted run
+    _remove(partial)               # the leftovers of an interrupted run
     partial.mkdir(parents=True)
 
     heldout = heldout_color_shape_pairs(cfg.seed, cfg.heldout_pairs)
@@ -115,13 +123,12 @@ def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, prog
     }
     _write_json(partial / INFO_FILE, info)     # last: its presence marks a complete benchmark
 
-    if out.exists():
+    if out.exists() or out.is_symlink():
         old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
+        _remove(old)
         os.replace(out, old)
         os.replace(partial, out)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        _remove(old)
     else:
         os.replace(partial, out)
     return info
