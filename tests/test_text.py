@@ -32,3 +32,14 @@ def test_different_sentences_differ(text_encoder):
 def test_missing_encoder_folder_is_a_clear_error(tmp_path):
     with pytest.raises(RVOSError, match="text encoder"):
         TextEncoder(str(tmp_path / "no-such-bert"))
+
+
+@pytest.mark.parametrize("name", ["bert-base-uncased", "roberta-base"])
+def test_named_encoder_not_available_offline_says_what_to_do(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        encoder = TextEncoder(name)
+    except RVOSError as e:
+        assert name in str(e) and "minilm" in str(e)
+    else:  # the user has it in the Hugging Face cache: then it must work like MiniLM
+        assert encoder(["a red car"]).sentence.shape == (1, encoder.dim)
