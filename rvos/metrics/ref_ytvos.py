@@ -2,8 +2,9 @@
 against ``meta_expressions.json`` and zip it only when nothing is wrong.
 
 Layout (as MTTR / ReferFormer produce it): ``Annotations/<video>/<exp_id>/<frame>.png``, one
-single-channel PNG per frame listed for the video in meta_expressions.json, non-zero =
-the referred object; the zip holds the ``Annotations`` folder at its root.
+single-channel PNG per frame listed for the video in meta_expressions.json (palette or
+grayscale; we write grayscale 0/255 like MTTR and ReferFormer), non-zero = the referred
+object; the zip holds the ``Annotations`` folder at its root.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rvos.data.palette import write_label_png
 from rvos.errors import RVOSError
 from rvos.metrics.davis_protocols import load_meta_expressions
 
@@ -30,14 +30,22 @@ def annotations_dir(pred_root: str | Path) -> Path:
 
 def write_expression_masks(annotations: str | Path, video: str, exp_id: str, frame_names: list[str],
                            masks: np.ndarray) -> None:
-    """Save (T, H, W) binary masks of one expression as ``<annotations>/<video>/<exp_id>/<frame>.png``
-    palette PNGs (value 1 = object)."""
+    """Save (T, H, W) binary masks of one expression as ``<annotations>/<video>/<exp_id>/<frame>.png``.
+
+    Files are single-channel 8-bit PNGs with 0 = background and 255 = object, byte for byte
+    the format MTTR and ReferFormer submit (accepted by the server whether it reads
+    non-zero, > 128 or == 255 as the object); written atomically (temp file + rename).
+    """
     masks = np.asarray(masks)
     if masks.ndim != 3 or masks.shape[0] != len(frame_names):
         raise ValueError(f"masks must be (T, H, W) with T = {len(frame_names)} frames, got {masks.shape}")
     folder = Path(annotations) / video / str(exp_id)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, mask in zip(frame_names, masks):
-        write_label_png(folder / f"{name}.png", (mask != 0).astype(np.uint8))
+        path = folder / f"{name}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
+        tmp.replace(path)
 
 
 def validate_submission(annotations: str | Path, videos: dict,
