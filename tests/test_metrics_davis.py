@@ -196,6 +196,33 @@ def test_f_when_only_one_side_has_a_boundary_is_zero():
     np.testing.assert_array_equal(boundary_f_measure_batch(np.stack([obj, empty]), np.stack([empty, obj])), [0, 0])
 
 
+def test_one_pixel_objects():
+    gt = np.zeros((9, 9), bool)
+    gt[4, 4] = True
+    assert region_similarity(gt, gt) == 1.0 and boundary_f_measure(gt, gt) == 1.0
+    # one pixel to the right: no overlap (J = 0), but the two 2x2 boundary squares share two
+    # pixels and the others are 1 px apart, within the 1 px tolerance of a 9 x 9 frame: F = 1
+    moved = np.roll(gt, 1, axis=1)
+    assert region_similarity(gt, moved) == 0.0
+    assert boundary_f_measure(gt, moved) == 1.0
+    # three pixels away: nothing within tolerance
+    far = np.roll(gt, 3, axis=1)
+    assert boundary_f_measure(gt, far) == 0.0
+    np.testing.assert_array_equal(boundary_f_measure_batch(np.stack([gt, gt]), np.stack([moved, far])), [1.0, 0.0])
+
+
+def test_one_pixel_objects_in_the_corners():
+    top_left = np.zeros((5, 5), bool)
+    top_left[0, 0] = True
+    assert seg2bmap(top_left).sum() == 1  # only the pixel itself: nothing above or left of it
+    bottom_right = np.zeros((5, 5), bool)
+    bottom_right[4, 4] = True
+    assert seg2bmap(bottom_right).sum() == 3  # the pixel itself never counts
+    # the two corner objects are far apart: J = 0, F = 0
+    assert region_similarity(top_left, bottom_right) == 0.0
+    assert boundary_f_measure(top_left, bottom_right) == 0.0
+
+
 @pytest.mark.parametrize("shift, expected", [(0, 1.0), (1, 1.0), (2, 1.0), (3, 0.0)])
 def test_f_tolerance_is_inclusive(shift, expected):
     # 100 x 100 frames: tolerance ceil(0.008 * 141.4) = 2 pixels; parallel straight edges
