@@ -100,6 +100,10 @@ def test_label_maps_match_meta_and_pixels(bench):
                 count = int((labels == int(obj_id)).sum())
                 assert count == scene["objects"][obj_id]["visible_area"][t]
                 assert (f in obj["frames"]) == (count > 0)
+                if count:   # spatial statements rest on these centroids
+                    ys, xs = np.nonzero(labels == int(obj_id))
+                    np.testing.assert_allclose(scene["objects"][obj_id]["visible_centroid"][t],
+                                               [xs.mean(), ys.mean()], atol=0.01)
                 # the image shows the object's colour where the label says (away from the
                 # edges, which JPEG chroma subsampling blurs)
                 inner = binary_erosion(labels == int(obj_id), iterations=2)
@@ -365,3 +369,13 @@ def test_sentences_parse_back_to_their_query():
     assert len(texts) > 2 * len(queries), "templates should vary the wording"
     with pytest.raises(RVOSError):
         parse_expression("the dog chasing a ball")
+
+
+def test_a_relation_must_point_the_right_way():
+    """Far to the right and only a little lower is not "under": neither yes nor no."""
+    scene = _scene([{"shape": "star", "color": "red", "center": _still(30, 40)},
+                    {"shape": "square", "color": "green", "center": _still(90, 52)},
+                    {"shape": "square", "color": "blue", "center": _still(30, 10)}])
+    status = evaluate_query(scene, parse_expression("the square under the red star"))
+    assert status == {1: "no", 2: "unclear", 3: "no"}
+    assert check_expression(scene, {"exp": "the square to the right of the red star"}) == [2]

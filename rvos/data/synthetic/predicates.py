@@ -5,6 +5,10 @@ Each object gets a status: ``"yes"`` (the expression clearly holds for it), ``"n
 too few frames to judge, ...). The generator keeps an expression only when exactly one
 object says "yes" and every other one says "no"; tests re-check that from ``scenes.json``.
 
+Spatial words follow the image axes ("above" = higher in the image); a relation holds
+clearly when the offset along its axis exceeds the margin and at least half the offset
+across it.
+
 Frames: an object is *seen* in a frame when at least ``seen_area_fraction`` of its area is
 visible (after occlusion and the image border); spatial statements use the centroids of
 visible pixels, on the frames where the described object is seen (a rival counts as soon
@@ -116,7 +120,10 @@ def _relational(view: SceneView, candidates: np.ndarray, relation: str,
             out.append(NO)                               # never seen together
             continue
         offset = sign * (view.centroid[i, frames, axis] - view.centroid[a, frames, axis])
-        if (offset >= margin).all() and frames.sum() >= max(1, 0.5 * view.seen[i].sum()):
+        across = np.abs(view.centroid[i, frames, 1 - axis] - view.centroid[a, frames, 1 - axis])
+        # clearly: beyond the margin, and more that way than sideways (within ~63 degrees)
+        holds = (offset >= margin) & (offset >= 0.5 * across)
+        if holds.all() and frames.sum() >= max(1, 0.5 * view.seen[i].sum()):
             out.append(YES)
         elif (offset <= -margin).sum() >= 0.5 * frames.sum():
             out.append(NO)
