@@ -23,7 +23,7 @@ from rvos.data.palette import write_label_png
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
-from rvos.metrics.davis import boundary_f_measure_batch, region_similarity_batch
+from rvos.metrics.davis import jaccard_and_f
 
 
 @dataclass
@@ -111,8 +111,7 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
                          predictor.predict(frames, [e.text for e in expressions])])  # (T,K,H,W)
         for k, expression in enumerate(expressions):
             gt = layout.referred_mask(labels, expression.obj_ids)
-            j = region_similarity_batch(gt, pred[:, k])
-            f = boundary_f_measure_batch(gt, pred[:, k])
+            j, f = jaccard_and_f(gt, pred[:, k])
             rows.append(ExpressionScore(video, expression.exp_id, expression.exp_type,
                                         expression.text, len(record.frames), float(np.mean(j)),
                                         float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2)))
