@@ -1,4 +1,8 @@
-"""Schema of the query-based model and its criterion (see rvos/config.py for loading)."""
+"""Schema of the query-based model and its criterion (see rvos/config.py for loading).
+
+Defaults are a small model that trains on CPU; the published-scale settings of the
+anchors (ReferFormer / SOC / SgMg) are written out in configs/query_ytvos_*.yaml.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,49 @@ from dataclasses import dataclass
 class QueryModelConfig:
     """Query-based (ReferFormer-style) model settings."""
 
-    backbone: str = "resnet50"
-    backbone_weights: str = "none"
+    # --- visual backbone (rvos.models.backbones.BACKBONES)
+    backbone: str = "resnet50"        # resnet18/34/50/101 | swin_t/s/b | video_swin_t/s/b | mobilenet_v2
+    backbone_weights: str = "none"    # none | torchvision weights name | file path
+    freeze_backbone: bool = False     # no gradients and frozen BatchNorm statistics
+    # strides of the transformer's feature levels: any of 4, 8, 16, 32 (backbone maps) and
+    # 64 (an extra stride-2 conv on the last map, as Deformable DETR / ReferFormer add)
+    feature_strides: tuple[int, ...] = (8, 16, 32)
+
+    # --- transformer
     dim: int = 256
+    heads: int = 8
+    enc_layers: int = 4
+    dec_layers: int = 4
+    enc_points: int = 4
+    dec_points: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
     num_queries: int = 5
+    box_refine: bool = True           # iterative box refinement across decoder layers
+    # vision-language early fusion of every level with the words: "add" (residual cross-
+    # attention, stable from scratch), "multiply" (ReferFormer's gating), or "none"
+    fusion: str = "add"
+    deform_direct: bool = False       # slow direct deformable attention (for checks only)
+
+    # --- masks
+    mask_dim: int = 8                 # channels of the stride-4 mask feature map
+    dynamic_layers: int = 3           # dynamic 1x1 convs per query
+    dynamic_channels: int = 8
+    rel_coords: bool = True           # add coordinates relative to the query's box centre
+
+    # --- loss weights (the criterion's ``weights``; aux layers reuse them)
+    aux_loss: bool = True
+    loss_class: float = 2.0
+    loss_bbox: float = 5.0
+    loss_giou: float = 2.0
+    loss_mask: float = 2.0            # per-pixel sigmoid focal loss
+    loss_dice: float = 5.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    # --- matching cost weights
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    cost_mask: float = 2.0
+    cost_dice: float = 5.0

@@ -1,0 +1,93 @@
+"""Loss of the query-based models: match one query per clip, then score it.
+
+Named losses (unweighted), for the final decoder layer and ``<name>_<i>`` for aux layer i:
+
+    class  sigmoid focal loss of every query's score in every frame; the target is 1 for
+           the matched query in frames where the object is visible, 0 elsewhere; summed
+           over queries, averaged over frames (DETR-family normalisation)
+    bbox   L1 of the matched query's box, averaged over visible frames
+    giou   1 - GIoU of the matched query's box, averaged over visible frames
+    mask   per-pixel sigmoid focal loss of the matched query's masks (upsampled to the
+           target size) in every frame (an absent object's target is empty)
+    dice   1 - Dice of the same, per frame, averaged over frames
+
+``weights`` maps every name to its config weight (aux layers reuse the final weights).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rvos.data.batch import ClipBatch
+from rvos.losses import dice_loss, sigmoid_focal_loss
+from rvos.matcher import ClipMatcher
+from rvos.models.outputs import RVOSOutput
+from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
+
+LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice")
+
+
+class QueryCriterion(nn.Module):
+    """forward(output: RVOSOutput, batch: ClipBatch) -> dict of named losses (see module doc).
+
+    ``output.mask_logits`` (B, T, Q, h, w), ``scores`` (B, T, Q), ``boxes`` (B, T, Q, 4),
+    ``aux`` the earlier decoder layers; targets from ``batch`` (one object per clip).
+    """
+
+    def __init__(self, matcher: ClipMatcher, weights: dict[str, float], num_aux: int = 0,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        super().__init__()
+        unknown = set(weights) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"unknown loss names {sorted(unknown)}; known: {LOSS_NAMES}")
+        self.matcher = matcher
+        self.num_aux = num_aux
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.weights = dict(weights)
+        for i in range(num_aux):
+            self.weights.update({f"{k}_{i}": v for k, v in weights.items()})
+
+    def layer_losses(self, output: RVOSOutput, batch: ClipBatch) -> dict[str, Tensor]:
+        """The five losses of one decoder layer's output."""
+        b, t, q = output.scores.shape
+        matches = self.matcher(output, batch)
+        query = torch.stack([rows[0] for rows, _ in matches]).to(output.scores.device)   # (B,)
+        valid = batch.valid                                                              # (B, T)
+        num_valid = valid.sum().clamp(min=1).float()
+
+        scores = output.scores.float()
+        target_cls = torch.zeros_like(scores)
+        target_cls[torch.arange(b), :, query] = valid.float()
+        loss_class = sigmoid_focal_loss(scores, target_cls, self.focal_alpha,
+                                        self.focal_gamma) * q                 # sum over Q
+
+        picked = torch.arange(b, device=scores.device)
+        losses = {"class": loss_class}
+        if output.boxes is not None:
+            boxes = output.boxes[picked, :, query].float()                    # (B, T, 4)
+            target_boxes = batch.boxes.float()
+            l1 = (boxes - target_boxes).abs().sum(-1)                         # (B, T)
+            giou = elementwise_generalized_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(target_boxes))
+            losses["bbox"] = (l1 * valid).sum() / num_valid
+            losses["giou"] = ((1 - giou) * valid).sum() / num_valid
+        else:
+            losses["bbox"] = losses["giou"] = scores.new_zeros(())
+
+        masks = output.mask_logits[picked, :, query].float()                  # (B, T, h, w)
+        target_masks = batch.masks.float()
+        if masks.shape[-2:] != target_masks.shape[-2:]:
+            masks = F.interpolate(masks, size=target_masks.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+        losses["mask"] = sigmoid_focal_loss(masks, target_masks, self.focal_alpha, self.focal_gamma)
+        losses["dice"] = dice_loss(masks.flatten(0, 1), target_masks.flatten(0, 1))
+        return losses
+
+    def forward(self, output: RVOSOutput, batch: ClipBatch) -> dict[str, Tensor]:
+        losses = self.layer_losses(output, batch)
+        if len(output.aux) < self.num_aux:
+            raise ValueError(f"criterion expects {self.num_aux} aux outputs, got {len(output.aux)}")
+        for i, aux in enumerate(output.aux[:self.num_aux]):
+            losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, batch).items()})
+        return losses
