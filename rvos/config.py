@@ -63,6 +63,7 @@ class BaselineConfig:
     heads: int = 4
     fusion_layers: int = 1
     temporal_layers: int = 1          # 3x3x3 Conv3d blocks; 0 disables the temporal module
+    text_kernel: bool = True          # sentence-generated 1x1 kernel in the mask head
 
 
 @dataclass

@@ -25,12 +25,14 @@ class BaselineRVOS(nn.Module):
     "left" and "top" have something to attend to). Fusion layers let each visual token
     attend to the words and to the other tokens of its frame; a FiLM gate applies the
     sentence feature. The Conv3d temporal blocks then mix neighbouring frames, and the
-    head predicts full-resolution logits. Output: ``RVOSOutput`` with Q = 1,
+    head predicts full-resolution logits, with a sentence-generated 1x1 kernel
+    (``text_kernel``) scoring each pixel's embedding against the sentence. Output: ``RVOSOutput`` with Q = 1,
     mask_logits (B, T, 1, H, W) and scores (B, T, 1) = the frame's highest mask logit.
     """
 
     def __init__(self, backbone: ResNetBackbone, text_encoder: TextEncoder, dim: int = 128,
-                 heads: int = 4, fusion_layers: int = 1, temporal_layers: int = 1):
+                 heads: int = 4, fusion_layers: int = 1, temporal_layers: int = 1,
+                 text_kernel: bool = True):
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -43,6 +45,7 @@ class BaselineRVOS(nn.Module):
         self.gate = SentenceGate(dim)
         self.temporal = nn.ModuleList([Conv3dTemporalBlock(dim) for _ in range(temporal_layers)])
         self.head = UpsamplingMaskHead(dim, c2)
+        self.kernel_generator = (nn.Linear(dim, self.head.kernel_channels) if text_kernel else None)
 
     def forward(self, frames: Tensor, texts: list[str]) -> RVOSOutput:
         b, t, _, h, w = frames.shape
@@ -72,7 +75,8 @@ class BaselineRVOS(nn.Module):
         x = x.reshape(b, t, d, hh, ww)
         for block in self.temporal:
             x = block(x)
-        logits = self.head(x.flatten(0, 1), c2, (h, w)).reshape(b, t, 1, h, w)
+        kernel = self.kernel_generator(sentence) if self.kernel_generator is not None else None
+        logits = self.head(x.flatten(0, 1), c2, (h, w), kernel).reshape(b, t, 1, h, w)
         scores = logits.flatten(3).amax(-1)                                  # (B, T, 1)
         return RVOSOutput(mask_logits=logits, scores=scores)
 
@@ -83,5 +87,5 @@ def build_baseline(cfg: BaselineConfig, text_cfg: TextConfig) -> BaselineRVOS:
         backbone=build_resnet(cfg.backbone, cfg.backbone_weights).to(memory_format=torch.channels_last),
         text_encoder=TextEncoder(text_cfg.name, text_cfg.freeze, text_cfg.max_length),
         dim=cfg.dim, heads=cfg.heads, fusion_layers=cfg.fusion_layers,
-        temporal_layers=cfg.temporal_layers,
+        temporal_layers=cfg.temporal_layers, text_kernel=cfg.text_kernel,
     )
