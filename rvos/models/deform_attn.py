@@ -62,18 +62,19 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes, sampling_locati
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
+    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L, P)
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels, p)
+    out = None
     for level, (h, w) in enumerate(spatial_shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
         v = per_level[level].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         g = grids[:, :, :, level].transpose(1, 2).reshape(n * m, lq, p, 2)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))          # (N*M, D, Lq, P)
-    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * p)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)               # (N*M, D, Lq, L*P)
-    out = (stacked * weights).sum(-1)                                # (N*M, D, Lq)
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)                 # (N*M, D, Lq, P)
+        # weight and reduce level by level: only one level's samples are alive at a time
+        level_out = (sampled * weights[..., level, :]).sum(-1)        # (N*M, D, Lq)
+        out = level_out if out is None else out + level_out
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
