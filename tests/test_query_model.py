@@ -110,6 +110,18 @@ def test_frozen_backbone_keeps_weights_and_statistics():
     assert all(torch.equal(before[k], after[k]) for k in before)    # BN running stats too
 
 
+def test_frozen_backbone_bn_trains_convs_only():
+    model, _ = build("model.query.frozen_backbone_bn=true")
+    model.train()
+    bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(not m.training and not m.weight.requires_grad for m in bn)
+    assert model.backbone.features[0][0].weight.requires_grad
+    stats = bn[0].running_mean.clone()
+    with torch.no_grad():
+        model(clip_batch().frames, ["a", "b"])
+    assert torch.equal(bn[0].running_mean, stats)
+
+
 def test_stride_4_and_stride_64_levels():
     model, _ = build("model.query.feature_strides=[4,8,16,32,64]", "model.query.fusion=multiply",
                      "model.query.box_refine=false", "model.query.aux_loss=false")

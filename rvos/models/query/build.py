@@ -64,7 +64,8 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
     fusion = None if q.fusion == "none" else VisionLanguageFusion(q.dim, q.heads, q.fusion, q.dropout)
     model = QueryRVOS(backbone, text, encoder, decoder, mask_decoder, mask_head, dim=q.dim,
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
-                      fusion=fusion, freeze_backbone=q.freeze_backbone, text_dropout=q.dropout)
+                      fusion=fusion, freeze_backbone=q.freeze_backbone,
+                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout)
     matcher = ClipMatcher(q.cost_class, q.cost_bbox, q.cost_giou, q.cost_mask, q.cost_dice,
                           q.focal_alpha, q.focal_gamma)
     weights = {"class": q.loss_class, "bbox": q.loss_bbox, "giou": q.loss_giou,

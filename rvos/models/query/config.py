@@ -17,6 +17,7 @@ class QueryModelConfig:
     backbone: str = "resnet50"        # resnet18/34/50/101 | swin_t/s/b | video_swin_t/s/b | mobilenet_v2
     backbone_weights: str = "none"    # none | torchvision weights name | file path
     freeze_backbone: bool = False     # no gradients and frozen BatchNorm statistics
+    frozen_backbone_bn: bool = False  # BatchNorm statistics and affine frozen, convs trained (DETR's FrozenBatchNorm2d)
     # strides of the transformer's feature levels: any of 4, 8, 16, 32 (backbone maps) and
     # 64 (an extra stride-2 conv on the last map, as Deformable DETR / ReferFormer add)
     feature_strides: tuple[int, ...] = (8, 16, 32)

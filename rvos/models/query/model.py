@@ -44,7 +44,8 @@ class QueryRVOS(nn.Module):
                  decoder: DeformableDecoder, mask_decoder: MaskFeatureDecoder,
                  mask_head: DynamicMaskHead, *, dim: int, num_queries: int,
                  feature_strides: tuple[int, ...], fusion: VisionLanguageFusion | None = None,
-                 freeze_backbone: bool = False, text_dropout: float = 0.1):
+                 freeze_backbone: bool = False, frozen_backbone_bn: bool = False,
+                 text_dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -54,8 +55,13 @@ class QueryRVOS(nn.Module):
         self.dim, self.num_queries = dim, num_queries
         self.feature_strides = tuple(feature_strides)
         self.freeze_backbone = freeze_backbone
+        self.frozen_backbone_bn = frozen_backbone_bn
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        if frozen_backbone_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.requires_grad_(False)
 
         channels = dict(zip(BACKBONE_STRIDES, backbone.channels))
         projections = []
@@ -86,6 +92,10 @@ class QueryRVOS(nn.Module):
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()   # frozen BatchNorm statistics
+        elif self.frozen_backbone_bn and mode:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     # ------------------------------------------------------------------ pieces

@@ -1,0 +1,53 @@
+"""Every configs/query_*.yaml loads, validates, names weights torchvision knows, and the
+synthetic ones build the model they describe."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from rvos.config import load_config
+from rvos.models.backbones import torchvision_weights
+from rvos.models.build import build_model
+from rvos.models.query.build import validate_query_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("query_*.yaml"))
+BUILDERS = {"resnet50": torchvision.models.resnet50, "swin_t": torchvision.models.swin_t,
+            "video_swin_t": torchvision.models.video.swin3d_t,
+            "video_swin_b": torchvision.models.video.swin3d_b}
+
+
+def test_the_expected_configs_exist():
+    names = {c.stem for c in CONFIGS}
+    assert {"query_synth_resnet50", "query_synth_swin_t", "query_synth_video_swin_t",
+            "query_synth_mobilenetv2", "query_ytvos_resnet50", "query_ytvos_video_swin_t",
+            "query_a2d_video_swin_t"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.model.kind == "query"
+    validate_query_config(cfg.model.query)
+    q = cfg.model.query
+    if q.backbone_weights not in ("none", "") and not q.backbone_weights.endswith(".pt"):
+        torchvision_weights(BUILDERS[q.backbone], q.backbone_weights)   # a known name, no download
+    assert not Path(cfg.data.root).is_absolute() and not Path(cfg.train.out_dir).is_absolute()
+
+
+@pytest.mark.parametrize("name", ["query_synth_resnet50", "query_synth_swin_t",
+                                  "query_synth_video_swin_t", "query_synth_mobilenetv2"])
+def test_synthetic_configs_build_and_run(name, monkeypatch):
+    monkeypatch.chdir(REPO)      # the MobileNetV2 weights path is relative to the repo root
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    weights = cfg.model.query.backbone_weights
+    if weights.endswith(".pt") and not (REPO / weights).is_file():
+        pytest.skip("offline assets (../shared/assets) absent")
+    model, criterion = build_model(cfg)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 2, 3, 64, 64), ["the red circle"])
+    assert out.mask_logits.shape == (1, 2, cfg.model.query.num_queries, 16, 16)
+    assert len(criterion.weights) == 5 * cfg.model.query.dec_layers
