@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rvos.data.palette import write_label_png
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
 from rvos.metrics.davis import jaccard_and_f
+from rvos.metrics.ref_ytvos import write_expression_masks
 
 
 @dataclass
@@ -86,8 +86,8 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
     """Segment every (video, expression) of ``layout`` and score it.
 
     max_samples > 0 evaluates only the first that many expressions (in sorted order).
-    masks_out, when given, receives palette PNGs in the Ref-YouTube-VOS submission layout
-    ``Annotations/<video>/<exp_id>/<frame>.png``.
+    masks_out, when given, receives the masks in the Ref-YouTube-VOS submission layout
+    ``Annotations/<video>/<exp_id>/<frame>.png`` (0/255 PNGs, as submitted to the server).
     """
     if not layout.has_annotations:
         raise RVOSError(f"split {layout.split!r} has no Annotations folder to score against",
@@ -116,9 +116,8 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
                                         expression.text, len(record.frames), float(np.mean(j)),
                                         float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2)))
             if masks_out is not None:
-                for name, mask in zip(record.frames, pred[:, k]):
-                    write_label_png(Path(masks_out) / "Annotations" / video / expression.exp_id
-                                    / f"{name}.png", mask.astype(np.uint8))
+                write_expression_masks(Path(masks_out) / "Annotations", video, expression.exp_id,
+                                       record.frames, pred[:, k])
         bar.update(len(expressions))
     bar.close()
     return EvalResult(layout.split, rows)
