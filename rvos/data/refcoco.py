@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,9 @@ def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(seg, height, width)
     else:
         rle = seg
-    return mask_utils.decode([rle])[..., 0].astype(bool)   # list form: no numpy-2 warning
+    with warnings.catch_warnings():   # pycocotools' own numpy-2 copy= deprecation, harmless
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode([rle])[..., 0].astype(bool)
 
 
 class ReferringImageDataset(Dataset):
