@@ -321,6 +321,15 @@ def test_statistics_single_frame_has_no_decay():
     assert sequence_statistics([0.7]) == (0.7, 1.0, 0.0)
 
 
+def test_decay_at_256_frames_has_the_official_empty_last_bin():
+    # ids[4] = 255 as uint8, and 255 + 1 wraps to 0 in the official slice: values[191:0]
+    values = np.linspace(1, 0, 256)
+    assert decay_bins(256)[3] == slice(191, 0)
+    assert np.isnan(sequence_statistics(values)[2])
+    assert decay_bins(255)[3] == slice(191, 255)
+    assert not np.isnan(sequence_statistics(values[:255])[2])
+
+
 def test_decay_bins_wrap_like_the_official_uint8_ids_beyond_256_frames():
     values = np.linspace(1, 0, 300)
     official = decay_bins(300)

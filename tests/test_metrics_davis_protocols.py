@@ -29,23 +29,25 @@ def _write_sequence(root: Path, name: str, labels: np.ndarray) -> None:
 
 def _official_pipeline(gt_root: Path, pred_root: Path, task: str) -> dict:
     """The official evaluation restated: objects 1..max(first frame), void -> background,
-    semi: drop first and last frame and require the same ids, unsup: pad and match on
-    mean (J + F) / 2 by brute force; statistics pooled over objects."""
+    semi: drop first and last frame, require the same ids and ignore void; unsup: exclude
+    void from J and F, pad and match on mean (J + F) / 2 by brute force; statistics pooled
+    over objects."""
     j_stats, f_stats = [], []
     for seq_dir in sorted(p for p in gt_root.iterdir() if p.is_dir()):
         files = sorted(seq_dir.glob("*.png"))
         gt = np.stack([np.array(Image.open(f)) for f in files]).astype(np.int64)
-        gt[gt == 255] = 0
+        void = gt == 255
+        gt[void] = 0
         n_obj = int(gt[0].max())
         if task == "semi-supervised":
-            files, gt = files[1:-1], gt[1:-1]
+            files, gt, void = files[1:-1], gt[1:-1], np.zeros_like(void[1:-1])
         pred = np.stack([np.array(Image.open(pred_root / seq_dir.name / f.name)) for f in files]).astype(np.int64)
         n_pred = int(pred.max())
 
         def per_frame(i, k):
             g, p = gt == i, pred == k
-            return (np.array([region_similarity(g[t], p[t]) for t in range(len(g))]),
-                    np.array([boundary_f_measure(g[t], p[t]) for t in range(len(g))]))
+            return (np.array([region_similarity(g[t], p[t], void[t]) for t in range(len(g))]),
+                    np.array([boundary_f_measure(g[t], p[t], void[t]) for t in range(len(g))]))
 
         if task == "semi-supervised":
             assert n_pred == n_obj
@@ -129,6 +131,23 @@ def test_unsupervised_matching_with_permuted_extra_and_missing_ids(tmp_path):
     result = evaluate_davis(tmp_path / "gt", tmp_path / "pred2", "unsupervised")
     assert [o.pred_id for o in result.objects] == [1, 2, 0]
     assert result.objects[2].j.max() == 0.0
+
+
+def test_void_is_excluded_in_the_unsupervised_task_and_ignored_in_the_semi_supervised(tmp_path):
+    # 3 frames of 8x8; object 1 is a 4x4 square, 4 of its pixels are void (255) in every frame.
+    gt = np.zeros((3, 8, 8), np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    gt[:, 2:6, 2] = 255
+    pred = np.zeros((3, 8, 8), np.uint8)
+    pred[:, 2:6, 2:6] = 1  # covers the void column too
+    _write_sequence(tmp_path / "gt", "s", gt)
+    _write_sequence(tmp_path / "pred", "s", pred)
+    unsup = evaluate_davis(tmp_path / "gt", tmp_path / "pred", "unsupervised")
+    # void left out of intersection and union: 12 / 12
+    assert unsup.objects[0].j.tolist() == [1.0, 1.0, 1.0]
+    semi = evaluate_davis(tmp_path / "gt", tmp_path / "pred", "semi-supervised")
+    # void counted as background: 12 / 16 on the one scored (middle) frame
+    assert semi.objects[0].j.tolist() == [0.75]
 
 
 def test_unsupervised_is_hungarian_not_greedy():
@@ -269,7 +288,7 @@ def test_ref_davis_on_real_clip_with_real_expressions(tmp_path):
     if not root.is_dir():
         pytest.skip(f"real DAVIS assets not found at {root}")
     gt_root = root / "Annotations" / "480p"
-    gt, frames = read_gt_sequence(gt_root / "car-shadow")
+    gt, frames, _ = read_gt_sequence(gt_root / "car-shadow")
     meta = json.loads((root / "meta_expressions.json").read_text())
     shifted = np.roll(gt, 10, axis=2)
     for exp_id in meta["videos"]["car-shadow"]["expressions"]:

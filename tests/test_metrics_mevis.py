@@ -114,3 +114,27 @@ def test_mask_consistency_score():
     assert mask_consistency_score(seqs) == pytest.approx(1 / 3)  # 0.90 is not > 0.9; NaN fails
     assert mask_consistency_score(seqs, threshold=0.5) == pytest.approx(2 / 3)
     assert np.isnan(mask_consistency_score([]))
+
+
+def test_predictions_are_read_as_the_official_grayscale_imread(mevis):
+    """The official script reads cv2.imread(..., IMREAD_GRAYSCALE) != 0: the colour of a
+    palette index decides, not the index itself."""
+    from PIL import Image
+
+    from rvos.metrics.mevis import read_prediction_mask
+
+    gt_root, pred_root, obj = mevis
+    mask = obj["cat"][0]
+    inverted = pred_root / "inverted.png"
+    inverted.parent.mkdir(parents=True)
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette([255, 255, 255, 0, 0, 0] + [0, 0, 0] * 254)  # index 0 white, index 1 black
+    img.save(inverted)
+    assert np.array_equal(read_prediction_mask(inverted), ~mask)
+    gray = pred_root / "gray.png"
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(gray)
+    assert np.array_equal(read_prediction_mask(gray), mask)
+    broken = pred_root / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(RVOSError, match="broken.png"):
+        read_prediction_mask(broken)

@@ -309,12 +309,16 @@ def decay_bins(n_frames: int, wrap_like_official: bool = True) -> list[slice]:
 
     ``ids = round(linspace(1, n, 5) + 1e-10) - 1`` and bin i covers ``ids[i] .. ids[i+1]``
     inclusive, so neighbouring bins share their boundary frame. The official code stores the
-    ids as uint8, which wraps for sequences longer than 256 frames; ``wrap_like_official``
-    keeps that (default, for identical numbers), False uses the intended indices.
+    ids as uint8 and slices ``values[ids[i] : ids[i+1] + 1]`` in uint8 arithmetic, so the ids
+    wrap for sequences longer than 256 frames and an end id of 255 gives the stop 0 (at 256
+    frames the last bin is empty); ``wrap_like_official`` keeps that (default, for identical
+    numbers), False uses the intended indices.
     """
     ids = np.round(np.linspace(1, n_frames, 5) + 1e-10) - 1
-    ids = ids.astype(np.uint8) if wrap_like_official else ids.astype(np.int64)
-    return [slice(int(ids[i]), int(ids[i + 1]) + 1) for i in range(4)]
+    if not wrap_like_official:
+        return [slice(int(ids[i]), int(ids[i + 1]) + 1) for i in range(4)]
+    ids = ids.astype(np.uint8)
+    return [slice(int(ids[i]), (int(ids[i + 1]) + 1) % 256) for i in range(4)]
 
 
 def sequence_statistics(values, wrap_like_official: bool = True) -> tuple[float, float, float]:

@@ -103,9 +103,11 @@ def list_sequences(gt_root: str | Path, sequences_file: str | Path | None = None
     return names
 
 
-def read_gt_sequence(folder: Path) -> tuple[np.ndarray, list[str]]:
+def read_gt_sequence(folder: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """All annotation PNGs of a sequence, sorted by name -> ((T, H, W) uint8 labels, frame
-    names). Void (255) becomes background, as the official loader does."""
+    names, (T, H, W) bool void mask). As the official loader does, void (255) pixels become
+    background in the labels and are returned separately; the unsupervised task excludes
+    them from J and F, the semi-supervised task ignores them."""
     files = sorted(folder.glob("*.png"))
     if not files:
         raise RVOSError("no annotation PNGs", folder)
@@ -115,8 +117,9 @@ def read_gt_sequence(folder: Path) -> tuple[np.ndarray, list[str]]:
         if f.shape != shape:
             raise RVOSError(f"annotation size {f.shape} differs from the sequence's first frame {shape}", p)
     labels = np.stack(frames)
-    labels[labels == VOID_LABEL] = 0
-    return labels, [p.stem for p in files]
+    void = labels == VOID_LABEL
+    labels[void] = 0
+    return labels, [p.stem for p in files], void
 
 
 def read_pred_sequence(folder: Path, frame_names: list[str], shape: tuple[int, int]) -> np.ndarray:
@@ -145,28 +148,30 @@ def _object_masks(labels: np.ndarray, object_id: int) -> np.ndarray:
 
 
 def score_fixed_ids(sequence: str, gt: np.ndarray, pred: np.ndarray, n_objects: int,
-                    bound_th: float = DEFAULT_BOUND_TH) -> list[ObjectScores]:
+                    bound_th: float = DEFAULT_BOUND_TH, void: np.ndarray | None = None) -> list[ObjectScores]:
     """Object k of the ground truth against id k of the prediction, k = 1..n_objects.
 
-    Args: gt, pred: (T, H, W) label maps. Returns one ObjectScores per ground-truth object.
+    Args: gt, pred: (T, H, W) label maps; void: optional (T, H, W) pixels excluded from J and
+    F. Returns one ObjectScores per ground-truth object.
     """
     out = []
     for k in range(1, n_objects + 1):
-        j, f = jaccard_and_f(_object_masks(gt, k), _object_masks(pred, k), bound_th=bound_th)
+        j, f = jaccard_and_f(_object_masks(gt, k), _object_masks(pred, k), void, bound_th)
         out.append(ObjectScores(sequence, k, k, j, f))
     return out
 
 
 def score_unsupervised(sequence: str, gt: np.ndarray, pred: np.ndarray, n_objects: int,
                        max_proposals: int = MAX_PROPOSALS, bound_th: float = DEFAULT_BOUND_TH,
-                       source: Path | None = None) -> list[ObjectScores]:
+                       source: Path | None = None, void: np.ndarray | None = None) -> list[ObjectScores]:
     """The official unsupervised task: every predicted id 1..max(pred) is a proposal (fewer
     than the objects: padded with empty proposals); the cost of a (proposal, object) pair is
     the mean over frames of (J + F) / 2; the Hungarian assignment maximising the total picks
     one proposal per object; unmatched proposals are ignored.
 
-    Args: gt, pred: (T, H, W) label maps. Returns one ObjectScores per ground-truth object,
-    in ground-truth id order.
+    Args: gt, pred: (T, H, W) label maps; void: optional (T, H, W) ground-truth void pixels,
+    excluded from J and F (the official task passes them). Returns one ObjectScores per
+    ground-truth object, in ground-truth id order.
     """
     n_pred = int(pred.max()) if pred.size else 0
     if n_pred > max_proposals:
@@ -181,7 +186,7 @@ def score_unsupervised(sequence: str, gt: np.ndarray, pred: np.ndarray, n_object
         gt_i = _object_masks(gt, i + 1)
         for r in range(n_rows):
             pred_r = _object_masks(pred, r + 1) if r < n_pred else empty
-            j_all[r, i], f_all[r, i] = jaccard_and_f(gt_i, pred_r, bound_th=bound_th)
+            j_all[r, i], f_all[r, i] = jaccard_and_f(gt_i, pred_r, void, bound_th)
     cost = (np.mean(j_all, axis=2) + np.mean(f_all, axis=2)) / 2
     rows, cols = linear_sum_assignment(-cost)
     by_object = {int(c): int(r) for r, c in zip(rows, cols)}
@@ -198,8 +203,9 @@ def evaluate_davis(gt_root: str | Path, pred_root: str | Path, task: str = "semi
     """Score a folder of predicted label maps against DAVIS-2017 ground truth.
 
     task "semi-supervised": the first and last frames are not scored, predicted ids must be
-    the ground-truth ids. "unsupervised": all frames, Hungarian matching of predicted ids to
-    objects. "fixed-ids": all frames, no matching (a diagnostic, used by strict Ref-DAVIS17).
+    the ground-truth ids, void pixels count as background. "unsupervised": all frames,
+    Hungarian matching of predicted ids to objects, void pixels excluded. "fixed-ids": all
+    frames, void excluded, no matching (a diagnostic, used by strict Ref-DAVIS17).
     Objects of a sequence are the ids 1..max of its first ground-truth frame.
     """
     if task not in TASKS:
@@ -209,14 +215,14 @@ def evaluate_davis(gt_root: str | Path, pred_root: str | Path, task: str = "semi
         raise RVOSError("prediction folder not found", pred_root)
     result = DavisResult(task)
     for seq in sequences if sequences is not None else list_sequences(gt_root):
-        gt, frames = read_gt_sequence(gt_root / seq)
+        gt, frames, void = read_gt_sequence(gt_root / seq)
         n_objects = int(gt[0].max())
         if task == "semi-supervised":
-            gt, frames = gt[1:-1], frames[1:-1]
+            gt, frames, void = gt[1:-1], frames[1:-1], None
         pred = read_pred_sequence(pred_root / seq, frames, gt.shape[1:])
         if task == "unsupervised":
             result.objects += score_unsupervised(seq, gt, pred, n_objects, max_proposals, bound_th,
-                                                 source=pred_root / seq)
+                                                 source=pred_root / seq, void=void)
             continue
         n_pred = int(pred.max()) if pred.size else 0
         if n_pred > n_objects:
@@ -226,8 +232,8 @@ def evaluate_davis(gt_root: str | Path, pred_root: str | Path, task: str = "semi
         if n_pred < n_objects:
             result.warnings.append(
                 f"{seq}: prediction never uses ids {n_pred + 1}..{n_objects}; scored as empty masks "
-                f"(the official script refuses such a sequence)")
-        result.objects += score_fixed_ids(seq, gt, pred, n_objects, bound_th)
+                f"(as the official script pads them)")
+        result.objects += score_fixed_ids(seq, gt, pred, n_objects, bound_th, void)
     return result
 
 
@@ -329,7 +335,7 @@ def evaluate_ref_davis(gt_root: str | Path, pred_root: str | Path, meta_path: st
                             "with --meta meta_expressions.json", pred_root)
         sets = ref_davis_expression_sets(load_meta_expressions(meta_path))
     for seq in seqs:
-        gt, frames = read_gt_sequence(gt_root / seq)
+        gt, frames, void = read_gt_sequence(gt_root / seq)
         n_objects = int(gt[0].max())
         for a, name in enumerate(run_names):
             if folder_layout:
@@ -340,7 +346,8 @@ def evaluate_ref_davis(gt_root: str | Path, pred_root: str | Path, meta_path: st
                 pred = compose_expression_set(pred_root, seq, sets[seq], a, frames, gt.shape[1:])
             source = pred_root / name / seq if folder_layout else pred_root / seq
             results["unsupervised"][name].objects += score_unsupervised(
-                seq, gt, pred, n_objects, MAX_PROPOSALS, bound_th, source=source)
+                seq, gt, pred, n_objects, MAX_PROPOSALS, bound_th, source=source, void=void)
             if strict:
-                results["fixed-ids"][name].objects += score_fixed_ids(seq, gt, pred, n_objects, bound_th)
+                results["fixed-ids"][name].objects += score_fixed_ids(seq, gt, pred, n_objects,
+                                                                      bound_th, void)
     return RefDavisResult(results["unsupervised"], results.get("fixed-ids", {}))

@@ -21,10 +21,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from rvos.data.palette import read_label_png
 from rvos.errors import RVOSError
 from rvos.metrics.consistency import temporal_iou
 from rvos.metrics.davis import DEFAULT_BOUND_TH, jaccard_and_f
@@ -84,6 +84,17 @@ def union_ground_truth(mask_dict: dict, anno_ids: list, n_frames: int, shape: tu
     return gt
 
 
+def read_prediction_mask(path: Path) -> np.ndarray:
+    """(H, W) bool foreground of one predicted PNG, read as the official script reads it:
+    ``cv2.imread(path, cv2.IMREAD_GRAYSCALE) != 0``. A palette PNG is thus judged by the
+    grey value of each index's colour (an index whose colour is black is background), an
+    RGB PNG by its luma, a 16-bit PNG by its high byte."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise RVOSError("cannot read predicted mask (not an image OpenCV can decode)", path)
+    return mask != 0
+
+
 def read_expression_prediction(folder: Path, frames: list[str]) -> np.ndarray:
     """(T, H, W) bool prediction of one expression; errors name the missing/odd file."""
     if not folder.is_dir():
@@ -93,7 +104,7 @@ def read_expression_prediction(folder: Path, frames: list[str]) -> np.ndarray:
         path = folder / f"{name}.png"
         if not path.is_file():
             raise RVOSError("predicted frame missing", path)
-        m = read_label_png(path) != 0
+        m = read_prediction_mask(path)
         if shape is None:
             shape = m.shape
         elif m.shape != shape:
