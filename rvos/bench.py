@@ -1,9 +1,10 @@
-"""Baseline benchmarks: inference frames/s and peak memory at 360x640 (ResNet-18/50),
-training clips/s, and J&F per expression type after the demo's fixed training budget.
+"""Benchmarks: baseline inference frames/s and peak memory at 360x640 (ResNet-18/50),
+training clips/s, and J&F per expression type after the demo's fixed training budget for
+the baseline or any other config (e.g. the query-based core) on the same synthetic data.
 
 Each speed figure is measured in a fresh subprocess so that its peak memory is its own.
 Results are printed and written as JSON (``<out>/baseline_speed.json``,
-``<out>/baseline_quality.json``).
+``<out>/quality.json``).
 """
 
 from __future__ import annotations
@@ -106,15 +107,54 @@ def speed_benchmark(device: str = "auto") -> dict:
     return results
 
 
-def quality_benchmark(out: Path, budget_s: float) -> dict:
-    """The demo pipeline with its fixed seed and budget; J&F per expression type."""
-    from rvos.demo import run_demo
+def quality_benchmark(out: Path, budget_s: float, configs: list[Path] | None = None,
+                      progress: bool = False) -> dict:
+    """The demo pipeline (fixed seed, data and time budget) for each config on one shared
+    synthetic benchmark: J&F per expression type on test and test_compositional.
 
-    run_dir = out / "baseline_quality_run"
-    run_demo(run_dir, budget_s=budget_s, overwrite=True, progress=False)
-    summary = json.loads((run_dir / "demo_summary.json").read_text())
-    return {"budget_s": budget_s, "timings": summary["timings"], "steps": summary["steps"],
-            "results": summary["results"]}
+    Runs go to ``<out>/quality/<config stem>/``; the data to ``<out>/quality/data``.
+    """
+    import shutil
+
+    from rvos.data.synthetic import SynthConfig, generate_benchmark
+    from rvos.demo import DEMO_CONFIG, DEMO_SYNTH, train_evaluate_predict
+
+    root = out / "quality"
+    if root.exists():
+        shutil.rmtree(root)
+    t = time.monotonic()
+    generate_benchmark(root / "data", SynthConfig(**DEMO_SYNTH), progress=progress)
+    data_s = time.monotonic() - t
+    runs = {}
+    for config in configs or [DEMO_CONFIG]:
+        summary = train_evaluate_predict(root / Path(config).stem, root / "data", Path(config),
+                                         budget_s, progress)
+        runs[Path(config).stem] = summary
+    return {"budget_s": budget_s, "data_s": data_s, "synthetic": DEMO_SYNTH,
+            "machine": {"cpu": platform.processor() or platform.machine(),
+                        "threads": torch.get_num_threads(), "torch": torch.__version__},
+            "runs": runs}
+
+
+def format_quality_table(result: dict) -> str:
+    """J&F per expression type: one row per type, one column per (model, split)."""
+    columns = [(name, split, summary) for name, run in result["runs"].items()
+               for split, summary in run["results"].items()]
+    types = sorted({t for _, _, s in columns for t in s["by_type"]})
+    labels = [f"{name}/{'comp' if split == 'test_compositional' else split}" for name, split, _ in columns]
+    width = max(14, *(len(label) + 2 for label in labels))
+    lines = [f"{'J&F':<14}" + "".join(f"{label:>{width}}" for label in labels)]
+    lines.append("-" * len(lines[0]))
+    for row in [*types, "overall"]:
+        cells = []
+        for _, _, s in columns:
+            value = s["overall"] if row == "overall" else s["by_type"].get(row)
+            cells.append(f"{value['JF']:>{width}.3f}" if value else f"{'-':>{width}}")
+        lines.append(f"{row:<14}" + "".join(cells))
+    steps = ", ".join(f"{name}: {run['steps']} steps in {run['timings']['train_s']:.0f} s"
+                      for name, run in result["runs"].items())
+    lines.append(f"training budget {result['budget_s']:.0f} s each ({steps})")
+    return "\n".join(lines)
 
 
 def run_baseline_benchmarks(args) -> None:
@@ -125,6 +165,8 @@ def run_baseline_benchmarks(args) -> None:
         (out / "baseline_speed.json").write_text(json.dumps(result, indent=1))
         print(f"wrote {out / 'baseline_speed.json'}")
     if "quality" in args.what:
-        result = quality_benchmark(out, args.budget_s)
-        (out / "baseline_quality.json").write_text(json.dumps(result, indent=1))
-        print(f"wrote {out / 'baseline_quality.json'}")
+        result = quality_benchmark(out, args.budget_s, [Path(c) for c in args.config or []] or None,
+                                   progress=not args.quiet)
+        print(format_quality_table(result))
+        (out / "quality.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {out / 'quality.json'}")

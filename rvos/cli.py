@@ -218,11 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
-    be = sub.add_parser("bench", parents=[common], help="speed and quality benchmarks of the baseline")
+    be = sub.add_parser("bench", parents=[common], help="speed and quality benchmarks (baseline; quality for any config)")
     be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality"])
     be.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     be.add_argument("--device", default="auto")
     be.add_argument("--budget-s", type=float, default=420.0, help="training budget for quality")
+    be.add_argument("--config", nargs="+", help="quality: configs to train and compare on the same "
+                                                "synthetic data (default: configs/baseline_synth.yaml)")
     be.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", parents=[common],

@@ -57,7 +57,7 @@ class TextConfig:
 class BaselineConfig:
     """The baseline: ResNet + MHA fusion + Conv3d temporal + upsampling head."""
 
-    backbone: str = "resnet18"        # resnet18 | resnet50
+    backbone: str = "resnet18"        # resnet18 | resnet50 (the seed), or an image backbone such as mobilenet_v2
     backbone_weights: str = "none"    # none | torchvision weights name (IMAGENET1K_V1) | file path
     dim: int = 128                    # fusion width
     heads: int = 4

@@ -12,6 +12,7 @@ Output folder layout (``demo_output/`` by default):
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -24,11 +25,17 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "baseline_synth.yaml"
 DEMO_SYNTH = dict(train_videos=240, valid_videos=16, test_videos=48, compositional_videos=48)
 
 
-def demo_config(data_root: Path, run_dir: Path, budget_s: float) -> Config:
-    if not DEMO_CONFIG.is_file():
-        raise RVOSError("the demo config is missing (run from a clone of the repository)", DEMO_CONFIG)
-    return load_config(DEMO_CONFIG, [f"data.root={data_root}", f"train.out_dir={run_dir}",
+def demo_config(data_root: Path, run_dir: Path, budget_s: float, config_path: Path = DEMO_CONFIG) -> Config:
+    if not Path(config_path).is_file():
+        raise RVOSError("the config is missing (run from a clone of the repository)", config_path)
+    return load_config(config_path, [f"data.root={data_root}", f"train.out_dir={run_dir}",
                                      f"train.time_budget_s={budget_s}"])
+
+
+def model_name(cfg: Config) -> str:
+    """A short label: 'baseline resnet18', 'query mobilenet_v2'."""
+    part = cfg.model.baseline if cfg.model.kind == "baseline" else cfg.model.query
+    return f"{cfg.model.kind} {part.backbone}"
 
 
 def encode_frames_as_mp4(frame_dir: Path, out_mp4: Path, fps: float = 10.0) -> Path:
@@ -43,31 +50,40 @@ def encode_frames_as_mp4(frame_dir: Path, out_mp4: Path, fps: float = 10.0) -> P
 
 def run_demo(out: Path, budget_s: float = 420.0, overwrite: bool = False,
              progress: bool = True) -> int:
-    import shutil
-
     from rvos.data.synthetic import SynthConfig, generate_benchmark
-    from rvos.data.ytvos import RefYTVOSLayout
-    from rvos.engine.evaluator import evaluate_layout, format_table, write_results
-    from rvos.engine.trainer import Trainer
-    from rvos.inference import Predictor
-    from rvos.predict import segment_video
 
     check_fresh_output(out, overwrite)
     if out.exists():
         shutil.rmtree(out)
-    timings: dict[str, float] = {}
     t = time.monotonic()
     print("[1/4] generating the synthetic benchmark ...", flush=True)
-    synth = SynthConfig(**DEMO_SYNTH)
-    generate_benchmark(out / "data", synth, progress=progress)
-    timings["data_s"] = time.monotonic() - t
+    generate_benchmark(out / "data", SynthConfig(**DEMO_SYNTH), progress=progress)
+    data_s = time.monotonic() - t
+    summary = train_evaluate_predict(out, out / "data", DEMO_CONFIG, budget_s, progress)
+    summary["timings"] = {"data_s": data_s, **summary["timings"]}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    _print_report(out, summary)
+    return 0
 
+
+def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget_s: float,
+                           progress: bool = True) -> dict:
+    """Steps 2-4 of the demo for any config on an existing synthetic benchmark: train within
+    ``budget_s`` seconds into ``out/run``, evaluate the best checkpoint on test and
+    test_compositional into ``out/eval``, segment the first test video into ``out/predict``.
+    Returns the summary written as ``demo_summary.json`` (timings, steps, results per split)."""
+    from rvos.data.ytvos import RefYTVOSLayout
+    from rvos.engine.evaluator import evaluate_layout, write_results
+    from rvos.engine.trainer import Trainer
+    from rvos.inference import Predictor
+    from rvos.predict import segment_video
+
+    timings: dict[str, float] = {}
     t = time.monotonic()
-    cfg = demo_config(out / "data", out / "run", budget_s)
-    print(f"[2/4] training the baseline ({cfg.model.baseline.backbone}, {cfg.train.epochs} epochs, "
+    cfg = demo_config(data_root, out / "run", budget_s, config_path)
+    print(f"[2/4] training the {model_name(cfg)} model ({cfg.train.epochs} epochs, "
           f"budget {budget_s:.0f} s) ...", flush=True)
-    trainer = Trainer(cfg, out / "run", progress=progress)
-    state = trainer.fit()
+    state = Trainer(cfg, out / "run", progress=progress).fit()
     timings["train_s"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -75,39 +91,43 @@ def run_demo(out: Path, budget_s: float = 420.0, overwrite: bool = False,
     checkpoint = ckpt_dir / ("best.safetensors" if (ckpt_dir / "best.json").exists() else "last.safetensors")
     print(f"[3/4] evaluating {checkpoint.name} on test and test_compositional ...", flush=True)
     predictor = Predictor.from_checkpoint(checkpoint, cfg.train.device)
-    results = [evaluate_layout(predictor, RefYTVOSLayout(out / "data", split),
+    results = [evaluate_layout(predictor, RefYTVOSLayout(data_root, split),
                                cfg.eval.threshold, progress=progress)
                for split in ("test", "test_compositional")]
     paths = write_results(results, out / "eval")
     timings["eval_s"] = time.monotonic() - t
 
     t = time.monotonic()
-    test = RefYTVOSLayout(out / "data", "test")
+    test = RefYTVOSLayout(data_root, "test")
     video = sorted(test.videos)[0]
     texts = [e.text for e in test.videos[video].expressions.values()]
-    mp4 = encode_frames_as_mp4(out / "data" / "test" / "JPEGImages" / video,
-                               out / "video" / f"{video}.mp4")
+    mp4 = encode_frames_as_mp4(data_root / "test" / "JPEGImages" / video, out / "video" / f"{video}.mp4")
     print(f"[4/4] rvos predict on {mp4} with {len(texts)} sentences ...", flush=True)
     segment_video(predictor, mp4, texts, out / "predict", cfg.eval.threshold, progress=progress)
     timings["predict_s"] = time.monotonic() - t
+    return {"model": model_name(cfg), "config": str(config_path), "timings": timings,
+            "steps": state.global_step, "epochs_done": state.epoch, "checkpoint": str(checkpoint),
+            "metrics": {"json": str(paths["json"]), "csv": str(paths["csv"])},
+            "results": {s["split"]: s for s in (r.summary() for r in results)}}
 
-    summaries = [r.summary() for r in results]
-    (out / "demo_summary.json").write_text(json.dumps(
-        {"timings": timings, "steps": state.global_step, "checkpoint": str(checkpoint),
-         "results": {s["split"]: s for s in summaries}}, indent=1))
+
+def _print_report(out: Path, summary: dict) -> None:
+    from rvos.engine.evaluator import format_table
+
+    timings = summary["timings"]
     print()
-    print("J&F per expression type (synthetic benchmark, baseline):")
-    print(format_table(summaries))
+    print(f"J&F per expression type (synthetic benchmark, {summary['model']}):")
+    print(format_table(list(summary["results"].values())))
     print()
     print(f"time: data {timings['data_s']:.0f}s, training {timings['train_s']:.0f}s "
-          f"({state.global_step} steps), evaluation {timings['eval_s']:.0f}s, "
+          f"({summary['steps']} steps), evaluation {timings['eval_s']:.0f}s, "
           f"prediction {timings['predict_s']:.0f}s")
     print("outputs:")
-    for label, path in [("benchmark data", out / "data"), ("checkpoint", checkpoint),
+    for label, path in [("benchmark data", out / "data"), ("checkpoint", summary["checkpoint"]),
                         ("training curves", out / "run" / "curves.png"),
-                        ("metrics (JSON)", paths["json"]), ("per expression (CSV)", paths["csv"]),
+                        ("metrics (JSON)", summary["metrics"]["json"]),
+                        ("per expression (CSV)", summary["metrics"]["csv"]),
                         ("predicted masks", out / "predict" / "masks"),
                         ("overlay video", out / "predict" / "overlay.mp4"),
                         ("overlay GIF", out / "predict" / "overlay.gif")]:
         print(f"  {label:<22} {path}")
-    return 0

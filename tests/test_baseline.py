@@ -89,3 +89,19 @@ def test_build_model_from_config():
     cfg.model.baseline = BaselineConfig(dim=32, heads=2)
     model, criterion = build_model(cfg)
     assert isinstance(model, BaselineRVOS) and isinstance(criterion, DenseMaskCriterion)
+
+
+def test_baseline_takes_the_offline_mobilenet_backbone_and_refuses_video_backbones(text_encoder, monkeypatch):
+    import pytest
+
+    from rvos.config import TextConfig
+    from rvos.errors import RVOSError
+    from rvos.models import baseline as baseline_module
+
+    monkeypatch.setattr(baseline_module, "TextEncoder", lambda *args: text_encoder)
+    model = baseline_module.build_baseline(BaselineConfig(backbone="mobilenet_v2", dim=32), TextConfig())
+    assert model.backbone.channels == [24, 32, 96, 320]
+    out = model(torch.randn(1, 2, 3, 64, 64), ["the red circle"])
+    assert out.mask_logits.shape == (1, 2, 1, 64, 64)
+    with pytest.raises(RVOSError, match="video backbone"):
+        baseline_module.build_baseline(BaselineConfig(backbone="video_swin_t", dim=32), TextConfig())

@@ -72,6 +72,22 @@ def test_stop_mid_epoch_and_resume_gives_the_same_weights(tmp_path, synth, full_
     assert steps == sorted(steps) and len(steps) == len(set(steps)) == 6
 
 
+def test_a_spent_time_budget_validates_the_final_weights(tmp_path, synth):
+    """When train.time_budget_s ends the run, the weights trained since the last validation
+    are validated too, so "best" can be them (validation is every 2 epochs here: the run
+    stops in epoch 1, before any scheduled validation)."""
+    run = tmp_path / "run"
+    assert main(["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY,
+                 "train.time_budget_s=1e-9", "train.eval_every=2", "--out", str(run), "--quiet"]) == 0
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())["meta"]
+    assert meta["step"] == 1 and len(meta["history"]) == 1
+    assert meta["history"][0]["step"] == 1 and meta["history"][0]["epoch"] == pytest.approx(2 / 6)
+    best = json.loads((run / "checkpoints" / "best.json").read_text())["meta"]
+    assert best["step"] == 1
+    val_rows = [r for r in (run / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[2] == "val"]
+    assert {r.split(",")[3] for r in val_rows} == {"J", "F", "JF"}
+
+
 def test_refuses_to_overwrite_a_run_without_flag(tmp_path, synth, full_run, capsys):
     assert train(full_run, synth) == 2
     assert "already holds results" in capsys.readouterr().err

@@ -118,3 +118,12 @@ def test_bad_predictions_are_reported(tmp_path):
         evaluate_a2d(tmp_path / "gt.json", tmp_path / "pred.json")
     msg = str(err.value)
     assert "pred.json" in msg and "mask size [10, 12]" in msg and "zzz" in msg and "no prediction" in msg
+
+
+def test_ground_truth_without_the_fields_cocoeval_needs_is_refused(tmp_path):
+    _write_gt(tmp_path / "gt.json", {"a": _box(10, 10, 0, 5, 0, 5)})
+    data = json.loads((tmp_path / "gt.json").read_text())
+    del data["annotations"][0]["area"]
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    with pytest.raises(RVOSError, match=r"gt.json.*annotation 0 has no area|annotation 0 has no area.*gt.json"):
+        load_coco_gt(tmp_path / "gt.json")

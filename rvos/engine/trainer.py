@@ -194,6 +194,19 @@ class Trainer:
         self.model.train()
         return result.summary()
 
+    def _validate_and_keep_best(self, logger: MetricsLogger, epoch: float) -> None:
+        """Validate, log J/F/J&F, and save ``best`` when J&F improves."""
+        summary = self.validate()
+        if summary is None:
+            return
+        jf = summary["overall"]["JF"]
+        logger.log(self.state.global_step, epoch, "val",
+                   {"J": summary["overall"]["J"], "F": summary["overall"]["F"], "JF": jf})
+        self.state.history.append({"epoch": epoch, "step": self.state.global_step, **summary["overall"]})
+        if jf > self.state.best_jf:
+            self.state.best_jf = jf
+            self.save("best", {"val": summary})
+
     def fit(self, stop_after_steps: int = 0) -> TrainState:
         """Train until cfg.train.epochs are done (or a stop: SIGINT/SIGTERM, the time budget,
         ``stop_after_steps`` optimizer steps in this call), checkpointing as it goes."""
@@ -255,22 +268,16 @@ class Trainer:
                     if (self._stop_requested or out_of_time or
                             (stop_after_steps and steps_this_call >= stop_after_steps)):
                         bar.close()
+                        if out_of_time and cfg.train.eval_every:
+                            # the budget ends the run: let the weights trained since the last
+                            # validation compete for "best" (an interrupted run just stops)
+                            self._validate_and_keep_best(logger, epoch + self.state.micro_step / per_epoch)
                         self.save("last")
                         return self.state
                 bar.close()
                 self.state.epoch, self.state.micro_step = epoch + 1, 0
-                summary = None
                 if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
-                    summary = self.validate()
-                if summary is not None:
-                    jf = summary["overall"]["JF"]
-                    logger.log(self.state.global_step, epoch + 1, "val",
-                               {"J": summary["overall"]["J"], "F": summary["overall"]["F"], "JF": jf})
-                    self.state.history.append({"epoch": epoch + 1, "step": self.state.global_step,
-                                               **summary["overall"]})
-                    if jf > self.state.best_jf:
-                        self.state.best_jf = jf
-                        self.save("best", {"val": summary})
+                    self._validate_and_keep_best(logger, epoch + 1)
                 self.save("last")
         finally:
             for s, handler in previous.items():

@@ -47,6 +47,12 @@ def load_coco_gt(path: str | Path) -> COCO:
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise RVOSError(f"not a COCO ground-truth file: no {key!r}", path)
+    for kind, entries, needed in (("image", data["images"], ("id", "height", "width")),
+                                  ("annotation", data["annotations"], ("id", "image_id", "segmentation", "area"))):
+        for i, entry in enumerate(entries):
+            missing = [k for k in needed if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise RVOSError(f"{kind} {i} has no {', '.join(missing)} (COCOeval needs them)", path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

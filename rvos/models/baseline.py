@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.config import BaselineConfig, TextConfig
-from rvos.models.backbones import ResNetBackbone, build_resnet
+from rvos.errors import RVOSError
+from rvos.models.backbones import build_backbone
 from rvos.models.fusion import CrossModalAttentionLayer, SentenceGate, coordinate_channels
 from rvos.models.heads import UpsamplingMaskHead
 from rvos.models.outputs import RVOSOutput
@@ -20,7 +21,9 @@ from rvos.models.text import TextEncoder
 class BaselineRVOS(nn.Module):
     """frames (B, T, 3, H, W) + B sentences -> one mask per frame.
 
-    Visual path: ResNet maps at strides 4/8/16/32; strides 8-32 are projected to ``dim``
+    Visual path: backbone maps at strides 4/8/16/32 (ResNet-18/50 as the seed describes it,
+    or any image backbone of ``build_backbone`` such as the ImageNet MobileNetV2 that can be
+    had offline); strides 8-32 are projected to ``dim``
     and merged top-down at stride 8 (with two coordinate channels, so that words like
     "left" and "top" have something to attend to). Fusion layers let each visual token
     attend to the words and to the other tokens of its frame; a FiLM gate applies the
@@ -30,7 +33,7 @@ class BaselineRVOS(nn.Module):
     mask_logits (B, T, 1, H, W) and scores (B, T, 1) = the frame's highest mask logit.
     """
 
-    def __init__(self, backbone: ResNetBackbone, text_encoder: TextEncoder, dim: int = 128,
+    def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, dim: int = 128,
                  heads: int = 4, fusion_layers: int = 1, temporal_layers: int = 1,
                  text_kernel: bool = True):
         super().__init__()
@@ -83,8 +86,12 @@ class BaselineRVOS(nn.Module):
 
 def build_baseline(cfg: BaselineConfig, text_cfg: TextConfig) -> BaselineRVOS:
     """Explicit assembly of the baseline from its config."""
+    backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
+    if getattr(backbone, "is_video", False):
+        raise RVOSError(f"the baseline runs an image backbone on every frame; {cfg.backbone!r} is a "
+                        f"video backbone (use it with model.kind=query)")
     return BaselineRVOS(
-        backbone=build_resnet(cfg.backbone, cfg.backbone_weights).to(memory_format=torch.channels_last),
+        backbone=backbone.to(memory_format=torch.channels_last),
         text_encoder=TextEncoder(text_cfg.name, text_cfg.freeze, text_cfg.max_length),
         dim=cfg.dim, heads=cfg.heads, fusion_layers=cfg.fusion_layers,
         temporal_layers=cfg.temporal_layers, text_kernel=cfg.text_kernel,
