@@ -116,20 +116,14 @@ def quality_benchmark(out: Path, budget_s: float, configs: list[Path] | None = N
     """
     import shutil
 
-    from rvos.data.synthetic import SynthConfig, generate_benchmark
-    from rvos.demo import DEMO_CONFIG, DEMO_SYNTH, train_evaluate_predict
+    from rvos.demo import DEMO_CONFIG, DEMO_SYNTH, generate_demo_data, train_evaluate_predict
 
     root = out / "quality"
     if root.exists():
         shutil.rmtree(root)
-    t = time.monotonic()
-    generate_benchmark(root / "data", SynthConfig(**DEMO_SYNTH), progress=progress)
-    data_s = time.monotonic() - t
-    runs = {}
-    for config in configs or [DEMO_CONFIG]:
-        summary = train_evaluate_predict(root / Path(config).stem, root / "data", Path(config),
-                                         budget_s, progress)
-        runs[Path(config).stem] = summary
+    data_s = generate_demo_data(root / "data", progress)
+    runs = {config.stem: train_evaluate_predict(root / config.stem, root / "data", config, budget_s, progress)
+            for config in configs or [DEMO_CONFIG]}
     return {"budget_s": budget_s, "data_s": data_s, "synthetic": DEMO_SYNTH,
             "machine": {"cpu": platform.processor() or platform.machine(),
                         "threads": torch.get_num_threads(), "torch": torch.__version__},
@@ -165,8 +159,8 @@ def run_baseline_benchmarks(args) -> None:
         (out / "baseline_speed.json").write_text(json.dumps(result, indent=1))
         print(f"wrote {out / 'baseline_speed.json'}")
     if "quality" in args.what:
-        result = quality_benchmark(out, args.budget_s, [Path(c) for c in args.config or []] or None,
-                                   progress=not args.quiet)
+        configs = [Path(c) for c in args.config] if args.config else None
+        result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet)
         print(format_quality_table(result))
         (out / "quality.json").write_text(json.dumps(result, indent=1))
         print(f"wrote {out / 'quality.json'}")

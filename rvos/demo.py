@@ -48,17 +48,23 @@ def encode_frames_as_mp4(frame_dir: Path, out_mp4: Path, fps: float = 10.0) -> P
     return out_mp4
 
 
-def run_demo(out: Path, budget_s: float = 420.0, overwrite: bool = False,
-             progress: bool = True) -> int:
+def generate_demo_data(root: Path, progress: bool = True) -> float:
+    """The demo's synthetic benchmark (``DEMO_SYNTH``, seed 0) written to ``root``; returns
+    the seconds it took."""
     from rvos.data.synthetic import SynthConfig, generate_benchmark
 
+    start = time.monotonic()
+    generate_benchmark(root, SynthConfig(**DEMO_SYNTH), progress=progress)
+    return time.monotonic() - start
+
+
+def run_demo(out: Path, budget_s: float = 420.0, overwrite: bool = False,
+             progress: bool = True) -> int:
     check_fresh_output(out, overwrite)
     if out.exists():
         shutil.rmtree(out)
-    t = time.monotonic()
     print("[1/4] generating the synthetic benchmark ...", flush=True)
-    generate_benchmark(out / "data", SynthConfig(**DEMO_SYNTH), progress=progress)
-    data_s = time.monotonic() - t
+    data_s = generate_demo_data(out / "data", progress)
     summary = train_evaluate_predict(out, out / "data", DEMO_CONFIG, budget_s, progress)
     summary["timings"] = {"data_s": data_s, **summary["timings"]}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))

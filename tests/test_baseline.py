@@ -1,6 +1,9 @@
+import pytest
 import torch
 
-from rvos.config import BaselineConfig, Config, LossConfig
+from rvos.config import BaselineConfig, Config, LossConfig, TextConfig
+from rvos.errors import RVOSError
+from rvos.models import baseline as baseline_module
 from rvos.losses import DenseMaskCriterion, weighted_total
 from rvos.models.backbones import ResNetBackbone
 from rvos.models.baseline import BaselineRVOS
@@ -92,12 +95,6 @@ def test_build_model_from_config():
 
 
 def test_baseline_takes_the_offline_mobilenet_backbone_and_refuses_video_backbones(text_encoder, monkeypatch):
-    import pytest
-
-    from rvos.config import TextConfig
-    from rvos.errors import RVOSError
-    from rvos.models import baseline as baseline_module
-
     monkeypatch.setattr(baseline_module, "TextEncoder", lambda *args: text_encoder)
     model = baseline_module.build_baseline(BaselineConfig(backbone="mobilenet_v2", dim=32), TextConfig())
     assert model.backbone.channels == [24, 32, 96, 320]

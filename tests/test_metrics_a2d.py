@@ -125,5 +125,5 @@ def test_ground_truth_without_the_fields_cocoeval_needs_is_refused(tmp_path):
     data = json.loads((tmp_path / "gt.json").read_text())
     del data["annotations"][0]["area"]
     (tmp_path / "gt.json").write_text(json.dumps(data))
-    with pytest.raises(RVOSError, match=r"gt.json.*annotation 0 has no area|annotation 0 has no area.*gt.json"):
+    with pytest.raises(RVOSError, match=r"gt\.json: annotation 0 has no area"):
         load_coco_gt(tmp_path / "gt.json")

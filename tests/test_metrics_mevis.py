@@ -134,6 +134,11 @@ def test_predictions_are_read_as_the_official_grayscale_imread(mevis):
     gray = pred_root / "gray.png"
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(gray)
     assert np.array_equal(read_prediction_mask(gray), mask)
+    import cv2
+
+    deep = pred_root / "16bit.png"
+    cv2.imwrite(str(deep), np.array([[0, 255, 256, 65535]], np.uint16))
+    assert read_prediction_mask(deep).tolist() == [[False, False, True, True]]  # high byte only
     broken = pred_root / "broken.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(RVOSError, match="broken.png"):
