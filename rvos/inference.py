@@ -96,8 +96,9 @@ class Predictor:
     def predict_window(self, frames: list[np.ndarray], texts: list[str]) -> np.ndarray:
         """T frames (H, W, 3) uint8 + K sentences -> probs (T, K, H, W) float32."""
         h, w = frames[0].shape[:2]
-        clip = self._prepare(frames).expand(len(texts), -1, -1, -1, -1)
-        logits = select_referred(self.model(clip, texts))             # (K, T, h', w')
+        clip = self._prepare(frames)                                  # one backbone pass
+        same_clip = torch.zeros(len(texts), dtype=torch.long, device=self.device)
+        logits = select_referred(self.model(clip, texts, same_clip))  # (K, T, h', w')
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
         return logits.sigmoid().transpose(0, 1).cpu().numpy()
 

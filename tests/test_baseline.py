@@ -102,3 +102,27 @@ def test_baseline_takes_the_offline_mobilenet_backbone_and_refuses_video_backbon
     assert out.mask_logits.shape == (1, 2, 1, 64, 64)
     with pytest.raises(RVOSError, match="video backbone"):
         baseline_module.build_baseline(BaselineConfig(backbone="video_swin_t", dim=32), TextConfig())
+
+
+def test_sentences_sharing_a_clip_get_the_masks_of_separate_copies(text_encoder):
+    """One backbone pass per clip: clip_index gives the same masks as repeating the clip."""
+    torch.manual_seed(0)
+    model = tiny_baseline(text_encoder).eval()
+    clips = torch.randn(2, 3, 3, 64, 64)
+    texts = ["the red circle", "the leftmost square", "the star moving up"]
+    clip_index = torch.tensor([1, 0, 1])
+    shared = model(clips, texts, clip_index).mask_logits
+    copies = model(clips[clip_index], texts).mask_logits
+    assert shared.shape == (3, 3, 1, 64, 64)
+    torch.testing.assert_close(shared, copies, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("clip_index, message", [
+    (None, "3 sentences for a batch of 2 clips"),
+    (torch.tensor([0, 1]), r"clip_index has shape \(2,\), expected \(3,\)"),
+    (torch.tensor([0, 1, 2]), r"clip_index must lie in \[0, 2\)"),
+])
+def test_a_clip_index_that_does_not_fit_is_a_clear_error(text_encoder, clip_index, message):
+    model = tiny_baseline(text_encoder).eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(2, 1, 3, 32, 32), ["a", "b", "c"], clip_index)

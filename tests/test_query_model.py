@@ -179,3 +179,17 @@ def test_the_predictor_uses_the_model_unchanged(tiny):
     assert [r.name for r in results] == [n for n, _ in frames]
     assert results[0].probs.shape == (2, 48, 80)
     assert all(((r.probs >= 0) & (r.probs <= 1)).all() for r in results)
+
+
+def test_sentences_sharing_a_clip_get_the_masks_of_separate_copies(tiny):
+    model, _ = tiny
+    model.eval()
+    clips = clip_batch(b=2).frames
+    texts = ["the small red circle", "the square on the left", "a blue star"]
+    clip_index = torch.tensor([0, 0, 1])
+    with torch.no_grad():
+        shared = model(clips, texts, clip_index)
+        copies = model(clips[clip_index], texts)
+    torch.testing.assert_close(shared.mask_logits, copies.mask_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.scores, copies.scores, atol=1e-5, rtol=1e-5)
+    model.train()

@@ -14,6 +14,7 @@ from rvos.models.backbones import build_backbone
 from rvos.models.fusion import CrossModalAttentionLayer, SentenceGate, coordinate_channels
 from rvos.models.heads import UpsamplingMaskHead
 from rvos.models.outputs import RVOSOutput
+from rvos.models.sharing import frame_index_for
 from rvos.models.temporal import Conv3dTemporalBlock
 from rvos.models.text import TextEncoder
 
@@ -50,10 +51,13 @@ class BaselineRVOS(nn.Module):
         self.head = UpsamplingMaskHead(dim, c2)
         self.kernel_generator = (nn.Linear(dim, self.head.kernel_channels) if text_kernel else None)
 
-    def forward(self, frames: Tensor, texts: list[str]) -> RVOSOutput:
-        b, t, _, h, w = frames.shape
-        if len(texts) != b:
-            raise ValueError(f"{len(texts)} sentences for a batch of {b} clips")
+    def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor | None = None) -> RVOSOutput:
+        """frames (C, T, 3, H, W), B sentences; ``clip_index`` (B,) long names the clip each
+        sentence refers into (default: sentence i to clip i, so B = C). Several sentences
+        on one clip share its backbone pass. Returns B masks per frame."""
+        c, t, _, h, w = frames.shape
+        b = len(texts)
+        frame_index = frame_index_for(clip_index, c, b, t, frames.device)
         # channels-last convolutions are 20-35% faster on CPU (oneDNN) and on tensor cores
         c2, c3, c4, c5 = self.backbone(frames.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         # top-down merge at stride 8
@@ -61,7 +65,9 @@ class BaselineRVOS(nn.Module):
         x = self.lateral[1](c4) + F.interpolate(x, size=c4.shape[-2:], mode="nearest")
         x = self.lateral[0](c3) + F.interpolate(x, size=c3.shape[-2:], mode="nearest")
         coords = coordinate_channels(*x.shape[-2:], x.device).expand(x.shape[0], -1, -1, -1)
-        x = self.coord_proj(torch.cat([x, coords.to(x.dtype)], 1))          # (B*T, D, h8, w8)
+        x = self.coord_proj(torch.cat([x, coords.to(x.dtype)], 1))          # (C*T, D, h8, w8)
+        if frame_index is not None:                                          # -> (B*T, ...)
+            x, c2 = x.index_select(0, frame_index), c2.index_select(0, frame_index)
 
         text = self.text_encoder(texts, device=frames.device)
         words = self.word_proj(text.words).repeat_interleave(t, dim=0)       # (B*T, L, D)

@@ -23,6 +23,7 @@ from rvos.models.query.fusion import VisionLanguageFusion
 from rvos.models.query.layers import FeatureResizer, sine_position_1d, sine_position_2d
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder, group_norm
 from rvos.models.query.transformer import DeformableDecoder, DeformableEncoder
+from rvos.models.sharing import frame_index_for
 from rvos.models.text import TextEncoder
 
 BACKBONE_STRIDES = (4, 8, 16, 32)
@@ -136,15 +137,19 @@ class QueryRVOS(nn.Module):
         return src, pos.to(src.dtype), shapes
 
     # ------------------------------------------------------------------ forward
-    def forward(self, frames: Tensor, texts: list[str]) -> RVOSOutput:
+    def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor | None = None) -> RVOSOutput:
+        """frames (C, T, 3, H, W), B sentences, ``clip_index`` (B,) as in
+        :mod:`rvos.models.sharing`: sentences on one clip share its backbone pass."""
         if frames.ndim != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
-        b, t = frames.shape[:2]
-        if len(texts) != b:
-            raise ValueError(f"{len(texts)} sentences for {b} clips")
+        t = frames.shape[1]
+        b = len(texts)
+        frame_index = frame_index_for(clip_index, frames.shape[0], b, t, frames.device)
         n, q = b * t, self.num_queries
 
-        maps = clip_features(self.backbone, frames)                       # (N, C_i, h_i, w_i)
+        maps = clip_features(self.backbone, frames)                       # (C*T, C_i, h_i, w_i)
+        if frame_index is not None:
+            maps = [m.index_select(0, frame_index) for m in maps]          # (N, C_i, h_i, w_i)
         text = self.text_encoder(texts, frames.device)
         words = self.word_proj(text.words)                                 # (B, L, C)
         sentence = self.sentence_proj(text.sentence)                       # (B, C)
