@@ -36,6 +36,20 @@ class ExpressionScore:
     J: float
     F: float
     JF: float
+    object_hit: float = math.nan
+
+
+def object_hit(labels: np.ndarray, pred: np.ndarray, referred: list[int]) -> float:
+    """labels (T, H, W) object ids (0 = background), pred (T, H, W) bool, referred ids ->
+    1.0 when the referred object(s) hold more predicted pixels than any other object, 0.0
+    when not (an empty prediction included), NaN when no other object is annotated."""
+    counts = np.bincount(labels[pred].ravel().astype(np.int64), minlength=int(labels.max()) + 1)
+    present = np.unique(labels)
+    others = [int(o) for o in present if o != 0 and o not in referred]
+    if not others:
+        return math.nan
+    on_referred = sum(int(counts[o]) for o in referred if o < len(counts))
+    return float(on_referred > 0 and on_referred > max(int(counts[o]) for o in others))
 
 
 @dataclass
@@ -48,15 +62,18 @@ class EvalResult:
     def summary(self) -> dict:
         """{"overall": {J, F, JF, count}, "by_type": {type: {...}}} (unrounded means)."""
         def agg(rows: list[ExpressionScore]) -> dict:
+            hits = [r.object_hit for r in rows if not math.isnan(r.object_hit)]
             return {"J": float(np.mean([r.J for r in rows])), "F": float(np.mean([r.F for r in rows])),
-                    "JF": float(np.mean([r.JF for r in rows])), "count": len(rows)}
+                    "JF": float(np.mean([r.JF for r in rows])), "count": len(rows),
+                    "object_accuracy": float(np.mean(hits)) if hits else math.nan}
 
         groups: dict[str, list[ExpressionScore]] = defaultdict(list)
         for r in self.rows:
             groups[r.exp_type or "all"].append(r)
         return {"split": self.split,
                 "overall": agg(self.rows) if self.rows else {"J": math.nan, "F": math.nan,
-                                                              "JF": math.nan, "count": 0},
+                                                              "JF": math.nan, "count": 0,
+                                                              "object_accuracy": math.nan},
                 "by_type": {k: agg(v) for k, v in sorted(groups.items())}}
 
     @property
@@ -65,17 +82,23 @@ class EvalResult:
 
 
 def format_table(summaries: list[dict]) -> str:
-    """A readable table: one row per expression type, one J&F column per split."""
+    """A readable table: one row per expression type, one J&F column per split (with J, F
+    and the object accuracy, "obj", where it was measured)."""
     types = sorted({t for s in summaries for t in s["by_type"]})
-    width = 32
+    width = 42
     header = f"{'expression type':<16}" + "".join(f"{s['split']:>{width}}" for s in summaries)
     lines = [header, "-" * len(header)]
     for t in types + ["overall"]:
         cells = []
         for s in summaries:
             d = s["overall"] if t == "overall" else s["by_type"].get(t)
-            cells.append(f"{'-':>{width}}" if d is None else
-                         f"{'J&F %.3f (J %.3f F %.3f)' % (d['JF'], d['J'], d['F']):>{width}}")
+            if d is None:
+                cells.append(f"{'-':>{width}}")
+                continue
+            text = "J&F %.3f (J %.3f F %.3f)" % (d["JF"], d["J"], d["F"])
+            if not math.isnan(d.get("object_accuracy", math.nan)):
+                text += " obj %.2f" % d["object_accuracy"]
+            cells.append(f"{text:>{width}}")
         lines.append(f"{t:<16}" + "".join(cells))
     return "\n".join(lines)
 
@@ -114,7 +137,8 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
             j, f = jaccard_and_f(gt, pred[:, k])
             rows.append(ExpressionScore(video, expression.exp_id, expression.exp_type,
                                         expression.text, len(record.frames), float(np.mean(j)),
-                                        float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2)))
+                                        float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2),
+                                        object_hit(labels, pred[:, k], expression.obj_ids)))
             if masks_out is not None:
                 write_expression_masks(Path(masks_out) / "Annotations", video, expression.exp_id,
                                        record.frames, pred[:, k])
