@@ -53,7 +53,7 @@ class BaselineRVOS(nn.Module):
 
     def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor | None = None) -> RVOSOutput:
         """frames (C, T, 3, H, W), B sentences; ``clip_index`` (B,) long names the clip each
-        sentence refers into (default: sentence i to clip i, so B = C). Several sentences
+        sentence is about (default: sentence i is about clip i, so B = C). Several sentences
         on one clip share its backbone pass. Returns B masks per frame."""
         c, t, _, h, w = frames.shape
         b = len(texts)
