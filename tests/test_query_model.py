@@ -183,13 +183,15 @@ def test_the_predictor_uses_the_model_unchanged(tiny):
 
 def test_sentences_sharing_a_clip_get_the_masks_of_separate_copies(tiny):
     model, _ = tiny
-    model.eval()
     clips = clip_batch(b=2).frames
     texts = ["the small red circle", "the square on the left", "a blue star"]
     clip_index = torch.tensor([0, 0, 1])
-    with torch.no_grad():
-        shared = model(clips, texts, clip_index)
-        copies = model(clips[clip_index], texts)
+    model.eval()
+    try:                                      # the module's shared model goes back to training mode
+        with torch.no_grad():
+            shared = model(clips, texts, clip_index)
+            copies = model(clips[clip_index], texts)
+    finally:
+        model.train()
     torch.testing.assert_close(shared.mask_logits, copies.mask_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared.scores, copies.scores, atol=1e-5, rtol=1e-5)
-    model.train()

@@ -39,12 +39,14 @@ class ExpressionScore:
     object_hit: float = math.nan
 
 
-def object_hit(labels: np.ndarray, pred: np.ndarray, referred: list[int]) -> float:
+def object_hit(labels: np.ndarray, pred: np.ndarray, referred: list[int],
+               present: np.ndarray | None = None) -> float:
     """labels (T, H, W) object ids (0 = background), pred (T, H, W) bool, referred ids ->
     1.0 when the referred object(s) hold more predicted pixels than any other object, 0.0
-    when not (an empty prediction included), NaN when no other object is annotated."""
+    when not (an empty prediction included), NaN when no other object is annotated.
+    ``present``: ``np.unique(labels)`` when the caller already has it (once per video)."""
     counts = np.bincount(labels[pred].ravel().astype(np.int64), minlength=int(labels.max()) + 1)
-    present = np.unique(labels)
+    present = np.unique(labels) if present is None else present
     others = [int(o) for o in present if o != 0 and o not in referred]
     if not others:
         return math.nan
@@ -129,6 +131,7 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
         record = layout.videos[video]
         expressions = [record.expressions[e] for e in exp_ids]
         labels = layout.load_label_maps(video, record.frames)               # (T, H, W)
+        present = np.unique(labels)
         frames = ((name, layout.load_frames(video, [name])[0]) for name in record.frames)
         pred = np.stack([p.masks(threshold) for p in
                          predictor.predict(frames, [e.text for e in expressions])])  # (T,K,H,W)
@@ -138,7 +141,7 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
             rows.append(ExpressionScore(video, expression.exp_id, expression.exp_type,
                                         expression.text, len(record.frames), float(np.mean(j)),
                                         float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2),
-                                        object_hit(labels, pred[:, k], expression.obj_ids)))
+                                        object_hit(labels, pred[:, k], expression.obj_ids, present)))
             if masks_out is not None:
                 write_expression_masks(Path(masks_out) / "Annotations", video, expression.exp_id,
                                        record.frames, pred[:, k])
