@@ -3,11 +3,17 @@
     frame = overlay_masks(frame, masks, sentence_colors(len(masks)))
     frame = draw_caption(frame, list(zip(texts, sentence_colors(len(texts)))))
     render_overlay_video(iter_video_frames(video), masks_per_frame, texts, "out.mp4", "out.gif")
+    frame = compose_overlay_frame(frame, masks, list(zip(texts, sentence_colors(len(texts)))))
     plot_training_curves(run_dir / "metrics.csv", run_dir / "curves.png")
 
 Sentence k is drawn in DAVIS palette colour k + 1, the colour its object id k + 1 has in the
 palette PNGs, so overlays and saved masks agree. Frames are (H, W, 3) uint8 RGB throughout;
 masks are (H, W), bool or thresholded at 0.5 (so 0/1, 0/255 and probabilities all work).
+
+``draw_caption`` writes sentences on a banner over the picture (for small labels such as the
+comparison grid's); overlay videos instead scale small frames up (shorter side >= 384 px) and
+list the sentences in a panel under the picture (``compose_overlay_frame``), so the picture
+is never covered.
 """
 
 from __future__ import annotations
@@ -219,6 +225,10 @@ def draw_caption(frame: np.ndarray, lines: Sequence[tuple[str, Color | None]],
 
 # ----------------------------------------------------------------------------- overlay videos
 
+MIN_DISPLAY_SIDE = 384        # overlay videos show the picture at least this big (short side)
+MAX_UPSCALED_SIDE = 1920      # ... but upscaling never makes the long side bigger than this
+PANEL_BACKGROUND: Color = (24, 24, 24)
+
 
 def _resize(frame: np.ndarray, max_side: int) -> np.ndarray:
     height, width = frame.shape[:2]
@@ -229,20 +239,141 @@ def _resize(frame: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
 
 
+def display_size(height: int, width: int, min_side: int = MIN_DISPLAY_SIDE,
+                 max_side: int | None = None) -> tuple[int, int]:
+    """(height, width) at which a (height, width) picture is shown in an overlay video.
+
+    Small pictures are scaled up, keeping the aspect ratio, until the shorter side is
+    ``min_side`` (the longer side stops at ``MAX_UPSCALED_SIDE`` for extreme aspect ratios);
+    pictures with a longer side above ``max_side`` (None: no limit) are scaled down to it,
+    which wins over ``min_side``. Otherwise the size is kept.
+    """
+    scale = 1.0
+    if min(height, width) < min_side:
+        scale = min(min_side / min(height, width),
+                    max(1.0, MAX_UPSCALED_SIDE / max(height, width)))
+    if max_side is not None and max(height, width) * scale > max_side:
+        scale = max_side / max(height, width)
+    if scale == 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_frame_and_masks(frame: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
+                           size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Scale an (H, W, 3) uint8 frame (bilinear) and its N (H, W) masks to ``size`` =
+    (h, w). Masks are interpolated bilinearly as 0/1 and thresholded at 0.5, so their edges
+    are smooth at the new size rather than blocky. Returns ((h, w, 3) uint8, (N, h, w) bool).
+    """
+    frame = _check_frame(frame)
+    binary = [_binary(m, frame.shape[:2]) for m in masks]
+    height, width = size
+    if (height, width) == frame.shape[:2]:
+        stacked = np.stack(binary) if binary else np.zeros((0, height, width), bool)
+        return frame, stacked
+    pil_size = (width, height)
+    frame = np.asarray(Image.fromarray(frame).resize(pil_size, Image.Resampling.BILINEAR))
+    resized = [np.asarray(Image.fromarray(m.astype(np.float32))
+                          .resize(pil_size, Image.Resampling.BILINEAR)) > 0.5 for m in binary]
+    return frame, (np.stack(resized) if resized else np.zeros((0, height, width), bool))
+
+
+@lru_cache(maxsize=16)
+def _panel(width: int, lines: tuple[tuple[str, Color | None], ...]) -> np.ndarray:
+    """The rendered caption panel (read-only) for :func:`caption_panel`."""
+    size = int(np.clip(round(width / 24), 16, 48))
+    font = _font(size)
+    ascent, descent = _metrics(font)
+    line_height = ascent + descent + max(2, size // 4)
+    pad = max(4, size // 2)
+    swatch = max(6, ascent) if any(color is not None for _, color in lines) else 0
+    indent = pad + (swatch + pad if swatch else 0)
+    text_width = max(width - indent - pad, 8)
+    rows = []   # (y, text, colour of the swatch before it or None)
+    y = pad
+    for text, color in lines:
+        for i, row in enumerate(_wrap(text, font, text_width)):
+            rows.append((y, row, color if i == 0 else None))
+            y += line_height
+        y += max(2, size // 3)              # a little air between sentences
+    height = y - max(2, size // 3) + pad if rows else 0
+    panel = Image.new("RGB", (width, height), PANEL_BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+    for y, text, color in rows:
+        if color is not None:
+            y0 = y + max(0, (ascent - swatch) // 2 + 1)
+            draw.rectangle([pad, y0, pad + swatch - 1, y0 + swatch - 1], fill=color,
+                           outline=(255, 255, 255))
+        draw.text((indent, y), text, font=font, fill=(255, 255, 255))
+    out = np.asarray(panel).copy()
+    out.flags.writeable = False
+    return out
+
+
+def caption_panel(width: int, lines: Sequence[tuple[str, Color | None]]) -> np.ndarray:
+    """A dark panel ``width`` pixels wide listing the sentences, to go under a picture.
+
+    lines: (sentence, colour) pairs; each sentence is written in white after a square of its
+    mask colour (colour None: no square), wrapped by measured width so nothing is cut. The
+    font scales with ``width`` (16 px at 384 px wide, at most 48 px); the height grows with
+    the number of wrapped lines (0 when there are no lines). Returns a new (P, width, 3)
+    uint8 array; the same lines and width always give the same P.
+    """
+    key = tuple((str(text), None if color is None else tuple(int(c) for c in color))
+                for text, color in lines)
+    return _panel(int(width), key).copy()
+
+
+def compose_overlay_frame(frame: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
+                          lines: Sequence[tuple[str, Color]], alpha: float = 0.5,
+                          min_side: int = MIN_DISPLAY_SIDE,
+                          max_side: int | None = None) -> np.ndarray:
+    """One frame of an overlay video: the picture with its masks, the sentences under it.
+
+    frame: (H, W, 3) uint8 RGB; masks: N (H, W) masks, or an (N, H, W) array, one per line;
+    lines: N (sentence, colour) pairs, mask k drawn in colour k.
+    The frame and masks are scaled to (h, w) = :func:`display_size` (H, W, min_side,
+    max_side) and the masks drawn at that size; the :func:`caption_panel` (P rows) goes
+    below, so no sentence covers the picture. Returns an (h + P + e, w + f, 3) uint8 array,
+    e and f being 0 or 1 so both sides are even (as yuv420 video needs); the picture is at
+    ``[:h, :w]`` and everything else is panel. Frames of one size with the same lines always
+    give the same output size.
+    """
+    frame = _check_frame(frame)
+    if len(masks) != len(lines):
+        raise ValueError(f"{len(masks)} masks for {len(lines)} texts")
+    size = display_size(*frame.shape[:2], min_side=min_side, max_side=max_side)
+    picture, scaled = resize_frame_and_masks(frame, masks, size)
+    picture = overlay_masks(picture, scaled, [color for _, color in lines], alpha)
+    height, width = size
+    panel = _panel(width, tuple((str(t), tuple(int(c) for c in color)) for t, color in lines))
+    total = height + len(panel)
+    out = np.empty((total + total % 2, width + width % 2, 3), np.uint8)
+    out[:] = np.asarray(PANEL_BACKGROUND, np.uint8)
+    out[:height, :width] = picture
+    out[height:total, :width] = panel
+    return out
+
+
 def render_overlay_video(frames: Iterable[np.ndarray | tuple[str, np.ndarray]],
                          masks: Iterable[np.ndarray | Sequence[np.ndarray]],
                          texts: Sequence[str], out_mp4: str | Path | None,
                          out_gif: str | Path | None = None, fps: float = 24.0,
                          colors: Sequence[Color] | None = None, alpha: float = 0.5,
-                         gif_max_side: int = 360, gif_stride: int = 1) -> int:
-    """Write the video with every sentence's mask and the sentences drawn, streaming.
+                         gif_max_side: int = 640, gif_stride: int = 1,
+                         min_side: int = MIN_DISPLAY_SIDE) -> int:
+    """Write the video with every sentence's mask drawn, and the sentences listed below it.
 
     frames: (H, W, 3) uint8 RGB frames, or ``(name, frame)`` pairs as
         :func:`rvos.data.video_io.iter_video_frames` yields them.
     masks: per frame, the N masks of the N ``texts``: an (N, H, W) array or N (H, W) masks.
-    out_mp4 / out_gif: where to write (either may be None). The GIF is scaled down to
-        ``gif_max_side`` pixels and keeps every ``gif_stride``-th frame, played at
-        ``fps / gif_stride`` so it lasts as long as the video.
+    out_mp4 / out_gif: where to write (either may be None). Each output frame is
+        :func:`compose_overlay_frame`: the picture scaled up so its shorter side is at least
+        ``min_side`` (small videos stay readable), masks drawn at that size, and a caption
+        panel under the picture with each sentence after a square of its mask colour. Every
+        frame of a file has the same (even) size. The GIF uses the same layout with the
+        picture's longer side at most ``gif_max_side``, and keeps every ``gif_stride``-th
+        frame, played at ``fps / gif_stride`` so it lasts as long as the video.
     One frame is held at a time. Returns the number of frames rendered. If the frames and
     masks differ in count, nothing is written and ValueError is raised.
     """
@@ -256,7 +387,8 @@ def render_overlay_video(frames: Iterable[np.ndarray | tuple[str, np.ndarray]],
     caption = list(zip(texts, colors))
     writers = []
     if out_mp4 is not None:
-        writers.append(VideoWriter(out_mp4, fps))
+        mp4 = VideoWriter(out_mp4, fps)
+        writers.append(mp4)
     if out_gif is not None:
         gif = VideoWriter(out_gif, fps / gif_stride)
         writers.append(gif)
@@ -270,12 +402,17 @@ def render_overlay_video(frames: Iterable[np.ndarray | tuple[str, np.ndarray]],
                 raise ValueError(f"masks ran out after {count} frames")
             if len(frame_masks) != len(texts):
                 raise ValueError(f"frame {count}: {len(frame_masks)} masks for {len(texts)} texts")
-            overlay = overlay_masks(frame, frame_masks, colors, alpha)
+            composed = None
             if out_mp4 is not None:
-                writers[0].write(draw_caption(overlay, caption))
+                composed = compose_overlay_frame(frame, frame_masks, caption, alpha, min_side)
+                mp4.write(composed)
             if out_gif is not None and count % gif_stride == 0:
-                # Caption drawn after scaling, so the text stays legible in the small GIF.
-                gif.write(draw_caption(_resize(overlay, gif_max_side), caption))
+                shape = np.shape(frame)[:2]
+                if composed is None or (display_size(*shape, min_side, gif_max_side)
+                                        != display_size(*shape, min_side)):
+                    composed = compose_overlay_frame(frame, frame_masks, caption, alpha,
+                                                     min_side, gif_max_side)
+                gif.write(composed)
             count += 1
         if next(masks_iter, None) is not None:
             raise ValueError(f"more masks than the {count} frames")

@@ -1,5 +1,6 @@
 """Visualisation: overlays touch only masked pixels, captions only their banner, overlay
-videos stream to MP4/GIF, training curves and comparison grids are valid images."""
+videos stream to MP4/GIF with small frames scaled up and the sentences in a panel under the
+picture, training curves and comparison grids are valid images."""
 
 import csv
 import math
@@ -11,8 +12,10 @@ from PIL import Image
 from rvos.data.palette import davis_palette, read_label_png
 from rvos.data.video_io import iter_video_frames, probe_video
 from rvos.errors import RVOSError
-from rvos.viz import (draw_caption, overlay_mask, overlay_masks, plot_training_curves,
-                      render_overlay_video, save_comparison_grid, sentence_colors)
+from rvos.viz import (PANEL_BACKGROUND, caption_panel, compose_overlay_frame, contour_thickness,
+                      display_size, draw_caption, overlay_mask, overlay_masks,
+                      plot_training_curves, render_overlay_video, resize_frame_and_masks,
+                      save_comparison_grid, sentence_colors)
 
 H, W = 48, 64
 
@@ -151,18 +154,119 @@ def test_overlay_video_streams_to_mp4_and_gif(tmp_path):
     count = render_overlay_video(iter(frames), iter(masks), texts, tmp_path / "o.mp4",
                                  tmp_path / "o.gif", fps=12.0, gif_max_side=32, gif_stride=2)
     assert count == n
+    # 48x64 is scaled up to 384x512, the sentences listed under it
     info = probe_video(tmp_path / "o.mp4")
-    assert (info.num_frames, info.height, info.width, info.fps) == (n, H, W, 12.0)
+    assert (info.num_frames, info.width, info.fps) == (n, 512, 12.0)
+    assert info.height > 384 and info.height % 2 == 0
+    # the GIF has the same layout, its picture capped at 32 px: 24x32 plus its own panel
     gif = probe_video(tmp_path / "o.gif")
-    assert (gif.num_frames, gif.height, gif.width) == (3, 24, 32)
-    # below the banner, the first sentence's mask is tinted towards its (red) colour
+    assert (gif.num_frames, gif.width) == (3, 32) and gif.height > 24
+    # the first sentence's mask is tinted towards its (red) colour, anywhere in the picture
     (_, first), = iter_video_frames(tmp_path / "o.mp4", stop=1)
-    expected = overlay_masks(frames[0][1], masks[0])
-    inside = disk(cx=10, r=9)
-    inside[:30] = False
-    got, want, source = (a[inside].mean(0) for a in (first, expected, frames[0][1]))
+    expected = compose_overlay_frame(frames[0][1], masks[0], list(zip(texts, sentence_colors(2))))
+    assert first.shape == expected.shape
+    inside = display_disk(cx=10, r=9)
+    got, want = first[:384][inside].mean(0), expected[:384][inside].mean(0)
+    source = resize_frame_and_masks(frames[0][1], [], (384, 512))[0][inside].mean(0)
     assert np.abs(got - want).max() < 6 and np.abs(got - source).max() > 25
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gif", "o.mp4"]
+
+
+def display_disk(cx: float, r: float, scale: int = 8) -> np.ndarray:
+    """disk(cx=cx, r=r) of a 48x64 frame, as it lies in that frame scaled by ``scale``."""
+    return disk(H * scale, W * scale, 24 * scale, cx * scale, r * scale)
+
+
+SQUARE = 128    # the synthetic benchmark's frame size
+
+
+def square_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 128x128 frame and two (2, 128, 128) masks, a disk on the left and one on the right."""
+    frame = smooth(SQUARE, SQUARE, seed)
+    return frame, np.stack([disk(SQUARE, SQUARE, 64, 40, 20), disk(SQUARE, SQUARE, 64, 96, 16)])
+
+
+def caption_lines(*texts: str) -> list:
+    return list(zip(texts, sentence_colors(len(texts))))
+
+
+def test_small_frames_are_shown_at_least_384_px_with_the_captions_below_the_picture():
+    frame, masks = square_scene()
+    lines = caption_lines("the ball on the left", "the ball on the right")
+    out = compose_overlay_frame(frame, masks, lines)
+    assert display_size(SQUARE, SQUARE) == (384, 384)
+    assert out.shape[1] == 384 and out.shape[0] > 384 and out.shape[0] % 2 == 0
+    # the picture region is exactly the upscaled frame with the masks drawn at that size
+    big_frame, big_masks = resize_frame_and_masks(frame, masks, (384, 384))
+    assert big_frame.shape == (384, 384, 3) and big_masks.shape == (2, 384, 384)
+    np.testing.assert_array_equal(out[:384], overlay_masks(big_frame, big_masks))
+    # ... so no caption touches it; the panel under it is dark, with white text and swatches
+    panel = out[384:]
+    background = np.all(panel == PANEL_BACKGROUND, axis=-1)
+    assert background.mean() > 0.5
+    assert (panel > 230).all(axis=-1).sum() > 50
+    for color in sentence_colors(2):
+        assert np.all(panel == color, axis=-1).sum() > 20
+    assert np.abs(panel.astype(int).mean((0, 1)) - big_frame.mean((0, 1))).max() > 40
+    # contours are drawn at the display size (2 px there), not 1 px scaled up to 3
+    rim = np.all(out[192, :120] == sentence_colors(1)[0], axis=-1)   # the left disk's left rim
+    assert rim.sum() == contour_thickness(384, 384)
+
+
+def test_every_frame_has_the_same_even_size():
+    lines = caption_lines("the ball on the left", "the ball")
+    sizes = set()
+    for seed in range(3):
+        frame, masks = square_scene(seed)
+        masks[0, :, : 20 * seed] = False     # masks change from frame to frame
+        sizes.add(compose_overlay_frame(frame, masks, lines).shape)
+    assert len(sizes) == 1
+    # odd frame sizes give even videos, the extra row/column belonging to the panel
+    frame, mask = textured(101, 75), disk(101, 75, 50, 37, 20)[None]
+    out = compose_overlay_frame(frame, mask, caption_lines("a ball"))
+    h, w = display_size(101, 75)
+    assert (h, w) == (round(101 * 384 / 75), 384)
+    assert out.shape[0] % 2 == 0 and out.shape[1] % 2 == 0 and out.shape[0] > h
+
+
+def test_large_frames_keep_their_size_and_the_gif_cap_still_applies(tmp_path):
+    assert display_size(480, 854) == (480, 854)
+    assert display_size(480, 854, max_side=640) == (360, 640)
+    assert display_size(24, 2000) == (24, 2000)     # never scaled up past the long side limit
+    frames = [smooth(400, 600, seed=i) for i in range(2)]
+    masks = [disk(400, 600, 200, 300, 80)[None]] * 2
+    render_overlay_video(frames, masks, ["the ball"], tmp_path / "o.mp4", tmp_path / "o.gif",
+                         gif_max_side=300)
+    mp4, gif = probe_video(tmp_path / "o.mp4"), probe_video(tmp_path / "o.gif")
+    assert mp4.width == 600 and mp4.height > 400
+    assert gif.width == 300 and gif.height > 200
+
+
+def text_bands(panel: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) row of each line of white text in a caption panel."""
+    rows = np.flatnonzero((panel > 230).all(axis=-1).any(axis=1))
+    breaks = np.flatnonzero(np.diff(rows) > 1)
+    return list(zip(rows[np.r_[0, breaks + 1]], rows[np.r_[breaks, len(rows) - 1]]))
+
+
+def test_long_sentences_wrap_inside_the_panel():
+    frame, masks = square_scene()
+    long_text = ("the big ball on the left that rolls slowly towards the right edge of the "
+                 "table and then stops next to the smaller ball")
+    short = compose_overlay_frame(frame, masks, caption_lines("a ball", "a ball"))
+    long = compose_overlay_frame(frame, masks, caption_lines(long_text, "a ball"))
+    assert long.shape[1] == short.shape[1] == 384          # wrapped, not wider
+    assert len(text_bands(long[384:])) >= len(text_bands(short[384:])) + 2  # 3+ lines
+    np.testing.assert_array_equal(long[:384], short[:384])
+    # text reaches down to the panel's last lines and stays off its right margin
+    panel_text = (long[384:] > 230).all(axis=-1)
+    text_rows, text_cols = np.nonzero(panel_text)
+    assert text_rows.max() > 0.8 * (long.shape[0] - 384)
+    assert text_cols.max() < 384 - 4
+    # same width and lines: the panel is the same, whatever the frame
+    panel = caption_panel(384, caption_lines(long_text, "a ball"))
+    assert long.shape[0] - 384 - len(panel) in (0, 1)      # 1: a row to make the height even
+    np.testing.assert_array_equal(long[384:384 + len(panel)], panel)
 
 
 def test_overlay_video_with_too_few_masks_writes_nothing(tmp_path):
