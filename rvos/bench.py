@@ -1,24 +1,30 @@
 """Benchmarks: baseline inference frames/s and peak memory at 360x640 (ResNet-18/50),
-training clips/s, and J&F per expression type after the demo's fixed training budget for
-the baseline or any other config (e.g. the query-based core) on the same synthetic data.
+training clips/s, and the standard quality comparison: each config (the baseline, the
+query-based core, any later method) trained once per training seed within the demo's time
+budget on one shared synthetic benchmark, J&F and object accuracy per expression type on
+test and test_compositional, mean and spread over the seeds.
 
 Each speed figure is measured in a fresh subprocess so that its peak memory is its own.
 Results are printed and written as JSON (``<out>/baseline_speed.json``,
-``<out>/quality.json``).
+``<out>/quality.json``) and, for quality, a bar chart (``<out>/quality.png``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
+import os
 import platform
 import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rvos.config import Config, load_config
+from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 
 
@@ -107,31 +113,251 @@ def speed_benchmark(device: str = "auto") -> dict:
     return results
 
 
-def quality_benchmark(out: Path, budget_s: float, configs: list[Path] | None = None,
-                      progress: bool = False) -> dict:
-    """The demo pipeline (fixed seed, data and time budget) for each config on one shared
-    synthetic benchmark: J&F per expression type on test and test_compositional.
+QUALITY_SPLITS = ("test", "test_compositional")
+QUALITY_TYPES = ("attribute", "spatial", "relational", "motion", "temporal")
+QUALITY_METRICS = {"JF": "J&F", "object_accuracy": "object accuracy"}
+QUALITY_SEEDS = (0, 1)
+QUALITY_BUDGET_S = 600.0
+_SPLIT_LABELS = {"test": "test", "test_compositional": "compositional test"}
 
-    Runs go to ``<out>/quality/<config stem>/``; the data to ``<out>/quality/data``.
-    """
+
+def _order_types(types) -> list[str]:
+    """The five expression types in their usual order, any others sorted, then 'overall'."""
+    types = set(types) - {"overall"}
+    return ([t for t in QUALITY_TYPES if t in types] + sorted(types - set(QUALITY_TYPES))
+            + ["overall"])
+
+
+def _order_splits(splits) -> list[str]:
+    splits = set(splits)
+    return [s for s in QUALITY_SPLITS if s in splits] + sorted(splits - set(QUALITY_SPLITS))
+
+
+def _stats(values: list[float], seeds: list[int]) -> dict:
+    """{mean, std (population), min, max} over the finite values (NaN when there are none),
+    n (how many were finite), values and seeds as given (NaN kept)."""
+    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if finite.size:
+        stats = {"mean": float(finite.mean()), "std": float(finite.std()),
+                 "min": float(finite.min()), "max": float(finite.max())}
+    else:
+        stats = {key: math.nan for key in ("mean", "std", "min", "max")}
+    return {**stats, "n": int(finite.size),
+            "values": [math.nan if v is None else float(v) for v in values], "seeds": list(seeds)}
+
+
+def aggregate_runs(runs: list[dict]) -> dict:
+    """Mean and spread over training seeds.
+
+    runs: dicts ``{"config": name, "seed": k, "results": {split: summary}}`` where a summary
+    is ``EvalResult.summary()`` (``overall`` and ``by_type[type]`` with ``JF`` and
+    ``object_accuracy``). Returns ``{config: {split: {type: {metric: stats}}}}`` with metric
+    ``JF`` and ``object_accuracy``, types in the order attribute, spatial, relational, motion,
+    temporal (those present), others, ``overall``; stats are ``{mean, std, min, max, n,
+    values, seeds}``: population std, min and max over the seeds whose value is finite (a NaN
+    object accuracy, e.g. no distractor annotated, is left out; all NaN gives NaN), ``values``
+    and ``seeds`` in run order. A type a run lacks counts as missing for that run only.
+    Configs and splits keep their first-seen order."""
+    grouped: dict[str, dict[str, list[tuple[int, dict]]]] = {}
+    for run in runs:
+        for split, summary in run["results"].items():
+            grouped.setdefault(run["config"], {}).setdefault(split, []).append((run["seed"], summary))
+    aggregate: dict[str, dict] = {}
+    for config, splits in grouped.items():
+        aggregate[config] = {}
+        for split, seeded in splits.items():
+            types = _order_types(t for _, s in seeded for t in s.get("by_type", {}))
+            table = {}
+            for t in types:
+                entries = [(seed, s["overall"] if t == "overall" else s.get("by_type", {}).get(t))
+                           for seed, s in seeded]
+                entries = [(seed, e) for seed, e in entries if e is not None]
+                table[t] = {metric: _stats([e.get(metric, math.nan) for _, e in entries],
+                                           [seed for seed, _ in entries])
+                            for metric in QUALITY_METRICS}
+            aggregate[config][split] = table
+    return aggregate
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "-"
+    if not stats["n"]:
+        return "n/a"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def format_quality_aggregate(aggregate: dict) -> str:
+    """The aggregate of ``aggregate_runs`` as text: one block per metric (J&F, object
+    accuracy), one row per expression type, one "mean ± std" column per (config, split)
+    ("-": the type is absent there, "n/a": no finite value)."""
+    columns = [(config, split) for config, splits in aggregate.items() for split in _order_splits(splits)]
+    types = _order_types(t for c, s in columns for t in aggregate[c][s])
+    labels = [f"{c}/{'comp' if s == 'test_compositional' else s}" for c, s in columns]
+    width = max([15, *(len(label) + 2 for label in labels)])
+    seeds = sorted({seed for c, s in columns for t in aggregate[c][s].values() for seed in t["JF"]["seeds"]})
+    lines = []
+    for metric, title in QUALITY_METRICS.items():
+        if lines:
+            lines.append("")
+        lines.append(f"{title}, mean ± std over seeds {', '.join(map(str, seeds))}")
+        header = f"{'type':<14}" + "".join(f"{label:>{width}}" for label in labels)
+        lines += [header, "-" * len(header)]
+        for t in types:
+            lines.append(f"{t:<14}" + "".join(
+                f"{_cell(aggregate[c][s].get(t, {}).get(metric)):>{width}}" for c, s in columns))
+    return "\n".join(lines)
+
+
+def plot_quality(aggregate: dict, png_path: Path, error: str = "minmax", title: str | None = None) -> Path:
+    """Grouped bar chart of ``aggregate_runs``'s result written to ``png_path`` (PNG): top row
+    J&F, bottom row object accuracy, one panel per split (test, compositional test), one group
+    of bars per expression type (and overall), one bar per config at the mean over seeds with
+    error bars from min to max (``error="minmax"``) or ± the std (``error="std"``). Types
+    without a finite value get no bar. Uses matplotlib's Agg canvas directly (the global
+    backend is left alone). Returns ``png_path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if error not in ("minmax", "std"):
+        raise ValueError(f"error must be 'minmax' or 'std', not {error!r}")
+    png_path = Path(png_path)
+    configs = list(aggregate)
+    splits = _order_splits(s for c in configs for s in aggregate[c]) or list(QUALITY_SPLITS)
+    types = _order_types(t for c in configs for s in aggregate[c].values() for t in s)
+    figure = Figure(figsize=(max(6.0, 0.45 * len(types) * max(1, len(configs)) + 2.5) * len(splits),
+                             8.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(QUALITY_METRICS), len(splits), squeeze=False)
+    x = np.arange(len(types))
+    width = 0.8 / max(1, len(configs))
+    for row, (metric, metric_label) in enumerate(QUALITY_METRICS.items()):
+        for col, split in enumerate(splits):
+            ax = axes[row][col]
+            for k, config in enumerate(configs):
+                stats = [aggregate[config].get(split, {}).get(t, {}).get(metric) for t in types]
+                offset = (k - (len(configs) - 1) / 2) * width
+                keep = [i for i, st in enumerate(stats) if st is not None and st["n"]]
+                for i, st in enumerate(stats):
+                    if st is not None and not st["n"]:
+                        ax.text(x[i] + offset, 0.01, "n/a", rotation=90, fontsize="x-small",
+                                ha="center", va="bottom", color="grey")
+                if not keep:
+                    ax.bar([], [], width, label=config, color=f"C{k % 10}")
+                    continue
+                mean = np.array([stats[i]["mean"] for i in keep])
+                if error == "minmax":
+                    yerr = np.array([[stats[i]["mean"] - stats[i]["min"] for i in keep],
+                                     [stats[i]["max"] - stats[i]["mean"] for i in keep]])
+                else:
+                    yerr = np.array([stats[i]["std"] for i in keep])
+                ax.bar(x[keep] + offset, mean, width, yerr=yerr,
+                       capsize=3, label=config, color=f"C{k % 10}",
+                       error_kw={"elinewidth": 1, "ecolor": "black"})
+            ax.set_xticks(x, types, rotation=20)
+            ax.set_xlim(-0.5, len(types) - 0.5)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel(metric_label)
+            ax.set_title(f"{metric_label}, {_SPLIT_LABELS.get(split, split)}")
+            ax.grid(axis="y", alpha=0.3)
+            if len(types) > 1:
+                ax.axvline(len(types) - 1.5, color="grey", linewidth=0.8, linestyle=":")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(configs), 4) or 1)
+    bars = "min..max" if error == "minmax" else "± std"
+    figure.suptitle(title or f"mean over training seeds, error bars {bars}")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f".{png_path.name}.partial-{os.getpid()}")
+    figure.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def machine_info(device: str = "auto") -> dict:
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(resolve_device(device))}
+    if info["device"].startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(resolve_device(device))
+    return info
+
+
+def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: list[Path] | None = None,
+                      progress: bool = False, seeds: list[int] | tuple[int, ...] = QUALITY_SEEDS,
+                      device: str = "auto", error: str = "minmax") -> dict:
+    """The standard comparison: the demo pipeline (data, time budget) for each config once
+    per training seed (``train.seed=k``) on ONE shared synthetic benchmark, scored per
+    expression type on test and test_compositional.
+
+    Runs go to ``<out>/quality/<config stem>/seed<k>/`` (each with its ``summary.json``); the
+    data to ``<out>/quality/data``. Writes ``<out>/quality.json`` (after every run, so an
+    interrupted benchmark keeps what it finished; ``complete`` tells) and, at the end,
+    ``<out>/quality.png`` (``plot_quality``). Returns what quality.json holds: budget_s,
+    seeds, configs ({stem: path}), data_s, synthetic, machine, runs (every run's summary of
+    ``train_evaluate_predict`` with ``config`` = the stem, ``config_path`` and ``seed``),
+    aggregate (``aggregate_runs``), total_s, complete, and the paths json and png."""
     import shutil
 
     from rvos.demo import DEMO_CONFIG, DEMO_SYNTH, generate_demo_data, train_evaluate_predict
 
+    configs = [Path(c) for c in (configs or [DEMO_CONFIG])]
+    seeds = [int(s) for s in seeds]
+    for config in configs:
+        if not config.is_file():
+            raise RVOSError("config file not found", config)
+    stems = [c.stem for c in configs]
+    if len(set(stems)) != len(stems):
+        raise RVOSError(f"configs must have distinct file names (run folders are named after "
+                        f"them): {', '.join(map(str, configs))}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RVOSError(f"--seeds must be distinct training seeds, got {seeds}")
+    if budget_s <= 0:
+        raise RVOSError(f"the training budget must be positive, got {budget_s} s")
+    out = Path(out)
     root = out / "quality"
+    json_path, png_path = out / "quality.json", out / "quality.png"
+    print(f"quality benchmark: {len(configs)} config(s) x {len(seeds)} seed(s), "
+          f"{budget_s:.0f} s training each (about {len(configs) * len(seeds) * budget_s / 60:.0f} min "
+          f"of training, plus data and evaluation)", flush=True)
     if root.exists():
         shutil.rmtree(root)
+    start = time.monotonic()
     data_s = generate_demo_data(root / "data", progress)
-    runs = {config.stem: train_evaluate_predict(root / config.stem, root / "data", config, budget_s, progress)
-            for config in configs or [DEMO_CONFIG]}
-    return {"budget_s": budget_s, "data_s": data_s, "synthetic": DEMO_SYNTH,
-            "machine": {"cpu": platform.processor() or platform.machine(),
-                        "threads": torch.get_num_threads(), "torch": torch.__version__},
-            "runs": runs}
+    result = {"budget_s": budget_s, "seeds": seeds,
+              "configs": {c.stem: str(c) for c in configs}, "data_s": data_s,
+              "synthetic": DEMO_SYNTH, "machine": machine_info(device), "runs": [],
+              "aggregate": {}, "total_s": 0.0, "complete": False,
+              "json": str(json_path), "png": str(png_path)}
+    overrides_device = [] if device == "auto" else [f"train.device={device}"]
+    for seed in seeds:
+        for config in configs:
+            print(f"== {config.stem}, seed {seed} ==", flush=True)
+            run_dir = root / config.stem / f"seed{seed}"
+            summary = train_evaluate_predict(run_dir, root / "data", config, budget_s, progress,
+                                             [f"train.seed={seed}", *overrides_device])
+            run = {**summary, "config": config.stem, "config_path": summary["config"], "seed": seed}
+            (run_dir / "summary.json").write_text(json.dumps(run, indent=1))
+            result["runs"].append(run)
+            result["aggregate"] = aggregate_runs(result["runs"])
+            result["total_s"] = time.monotonic() - start
+            json_path.write_text(json.dumps(result, indent=1))
+        print(format_quality_table({"budget_s": budget_s, "runs": {
+            r["config"]: r for r in result["runs"] if r["seed"] == seed}}))
+    result["complete"] = True
+    result["total_s"] = time.monotonic() - start
+    json_path.write_text(json.dumps(result, indent=1))
+    plot_quality(result["aggregate"], png_path, error,
+                 title=f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), "
+                       f"{budget_s:.0f} s budget each; error bars "
+                       f"{'min..max' if error == 'minmax' else '± std'}")
+    return result
 
 
 def format_quality_table(result: dict) -> str:
-    """J&F per expression type: one row per type, one column per (model, split)."""
+    """One seed's side-by-side J&F table: one row per type, one column per (model, split).
+    ``result``: ``{"budget_s": s, "runs": {name: run}}`` with each run as returned by
+    ``train_evaluate_predict`` (results per split, steps, timings)."""
     columns = [(name, split, summary) for name, run in result["runs"].items()
                for split, summary in run["results"].items()]
     types = sorted({t for _, _, s in columns for t in s["by_type"]})
@@ -160,7 +386,9 @@ def run_baseline_benchmarks(args) -> None:
         print(f"wrote {out / 'baseline_speed.json'}")
     if "quality" in args.what:
         configs = [Path(c) for c in args.config] if args.config else None
-        result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet)
-        print(format_quality_table(result))
-        (out / "quality.json").write_text(json.dumps(result, indent=1))
-        print(f"wrote {out / 'quality.json'}")
+        result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet,
+                                   seeds=args.seeds, device=args.device, error=args.error_bars)
+        print()
+        print(format_quality_aggregate(result["aggregate"]))
+        print(f"training budget {result['budget_s']:.0f} s per run; total {result['total_s'] / 60:.1f} min")
+        print(f"wrote {result['json']} and {result['png']}")

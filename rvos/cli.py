@@ -218,13 +218,34 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
-    be = sub.add_parser("bench", parents=[common], help="speed and quality benchmarks (baseline; quality for any config)")
-    be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality"])
-    be.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
-    be.add_argument("--device", default="auto")
-    be.add_argument("--budget-s", type=float, default=420.0, help="training budget for quality")
-    be.add_argument("--config", nargs="+", help="quality: configs to train and compare on the same "
-                                                "synthetic data (default: configs/baseline_synth.yaml)")
+    be = sub.add_parser(
+        "bench", parents=[common],
+        help="speed benchmark (baseline) and the standard quality comparison of configs",
+        description="speed: baseline inference frames/s at 360x640 and training clips/s, peak "
+                    "memory -> <out>/baseline_speed.json. quality: every --config trained once "
+                    "per --seeds training seed for --budget-s seconds on one shared synthetic "
+                    "benchmark, scored on test and test_compositional; J&F and object accuracy "
+                    "per expression type as mean ± std (min..max) over the seeds -> "
+                    "<out>/quality.json, <out>/quality.png, runs in <out>/quality/<config>/seed<k>/.",
+        epilog="example: rvos bench --what quality --config configs/baseline_synth.yaml "
+               "configs/query_synth_mobilenetv2.yaml --seeds 0 1 --budget-s 600")
+    be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality"],
+                    help="which benchmarks to run (default: speed)")
+    be.add_argument("--out", default="benchmarks/results",
+                    help="folder for the results (default: benchmarks/results)")
+    be.add_argument("--device", default="auto",
+                    help="auto | cpu | cuda | cuda:N; for quality anything but auto overrides "
+                         "the configs' train.device")
+    be.add_argument("--config", nargs="+", metavar="YAML",
+                    help="quality: configs to train and compare on the same synthetic data "
+                         "(default: configs/baseline_synth.yaml)")
+    be.add_argument("--seeds", nargs="+", type=int, default=[0, 1], metavar="K",
+                    help="quality: training seeds, one run per config and seed (default: 0 1)")
+    be.add_argument("--budget-s", type=float, default=600.0,
+                    help="quality: training time budget per run in seconds (default: 600)")
+    be.add_argument("--error-bars", choices=["minmax", "std"], default="minmax",
+                    help="quality: error bars of quality.png, min..max over seeds or ± std "
+                         "(default: minmax)")
     be.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", parents=[common],

@@ -25,11 +25,14 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "baseline_synth.yaml"
 DEMO_SYNTH = dict(train_videos=240, valid_videos=16, test_videos=48, compositional_videos=48)
 
 
-def demo_config(data_root: Path, run_dir: Path, budget_s: float, config_path: Path = DEMO_CONFIG) -> Config:
+def demo_config(data_root: Path, run_dir: Path, budget_s: float, config_path: Path = DEMO_CONFIG,
+                overrides: list[str] | None = None) -> Config:
+    """The config at ``config_path`` pointed at ``data_root`` and ``run_dir`` with the time
+    budget; ``overrides`` (e.g. ``["train.seed=1"]``) are applied after those."""
     if not Path(config_path).is_file():
         raise RVOSError("the config is missing (run from a clone of the repository)", config_path)
     return load_config(config_path, [f"data.root={data_root}", f"train.out_dir={run_dir}",
-                                     f"train.time_budget_s={budget_s}"])
+                                     f"train.time_budget_s={budget_s}", *(overrides or [])])
 
 
 def model_name(cfg: Config) -> str:
@@ -73,10 +76,11 @@ def run_demo(out: Path, budget_s: float = 420.0, overwrite: bool = False,
 
 
 def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget_s: float,
-                           progress: bool = True) -> dict:
+                           progress: bool = True, overrides: list[str] | None = None) -> dict:
     """Steps 2-4 of the demo for any config on an existing synthetic benchmark: train within
     ``budget_s`` seconds into ``out/run``, evaluate the best checkpoint on test and
     test_compositional into ``out/eval``, segment the first test video into ``out/predict``.
+    ``overrides`` are config overrides applied last (e.g. ``["train.seed=1"]``).
     Returns the summary written as ``demo_summary.json`` (timings, steps, results per split)."""
     from rvos.data.ytvos import RefYTVOSLayout
     from rvos.engine.evaluator import evaluate_layout, write_results
@@ -86,7 +90,7 @@ def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget
 
     timings: dict[str, float] = {}
     t = time.monotonic()
-    cfg = demo_config(data_root, out / "run", budget_s, config_path)
+    cfg = demo_config(data_root, out / "run", budget_s, config_path, overrides)
     print(f"[2/4] training the {model_name(cfg)} model ({cfg.train.epochs} epochs, "
           f"budget {budget_s:.0f} s) ...", flush=True)
     state = Trainer(cfg, out / "run", progress=progress).fit()
