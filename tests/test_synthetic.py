@@ -3,7 +3,10 @@ determinism and safety of the writer."""
 
 import hashlib
 import json
+import multiprocessing
+import os
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +15,11 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
+import rvos.data.synthetic.writer as writer
 from rvos.data.palette import read_label_png
-from rvos.data.synthetic import (COLORS, EXPRESSION_TYPES, SPLITS, SynthConfig, check_expression,
-                                 describe, evaluate_query, generate_benchmark, parse_expression)
+from rvos.data.synthetic import (COLORS, EXPRESSION_TYPES, GENERATOR_VERSION, SPLITS, SynthConfig,
+                                 check_expression, describe, evaluate_query, generate_benchmark,
+                                 parse_expression)
 from rvos.data.synthetic.render import shape_sprite, sprite_top_left
 from rvos.errors import RVOSError
 
@@ -252,26 +257,121 @@ def test_refuses_a_non_empty_out_dir_unless_overwrite(tmp_path):
         generate_benchmark(out, TINY, progress=False)
 
 
-def test_an_interrupted_run_leaves_no_benchmark(tmp_path, monkeypatch):
-    import rvos.data.synthetic.writer as writer
+@pytest.fixture
+def no_hang():
+    """Fails the test (instead of hanging it) if it runs over a minute."""
+    def timeout(signum, frame):
+        raise TimeoutError("generate_benchmark hung")
 
-    calls = {"n": 0}
+    if not hasattr(signal, "SIGALRM"):      # Windows
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+# the failing generator below is patched in this process; worker processes see it when forked
+needs_fork = pytest.mark.skipif(writer._start_method() != "fork",
+                                reason="monkeypatches reach the workers only through fork")
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=needs_fork)])
+def test_an_interrupted_run_leaves_no_benchmark(tmp_path, monkeypatch, no_hang, workers):
     real = writer.generate_video
 
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def failing(cfg, split, index, *args, **kwargs):
+        # the third video (valid 0): a fixed video rather than the third call, which with
+        # several workers would be counted per process
+        if split == "valid":
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(cfg, split, index, *args, **kwargs)
 
     monkeypatch.setattr(writer, "generate_video", failing)
     with pytest.raises(KeyboardInterrupt):
-        generate_benchmark(tmp_path / "bench", TINY, progress=False)
+        generate_benchmark(tmp_path / "bench", TINY, progress=False, workers=workers)
     assert not (tmp_path / "bench").exists()
+    assert not multiprocessing.active_children(), "workers must be gone"
     monkeypatch.setattr(writer, "generate_video", real)
     generate_benchmark(tmp_path / "bench", TINY, progress=False)   # the leftovers are replaced
     assert (tmp_path / "bench" / "synth_info.json").is_file()
     assert not (tmp_path / "bench.partial").exists()
+
+
+# 40 training videos in chunks of 16: three chunks (16, 16, 8), plus one per other split
+CHUNKED = SynthConfig(train_videos=40, valid_videos=3, test_videos=2, compositional_videos=3,
+                      num_frames=5, height=64, width=64, max_objects=4, seed=5)
+
+
+def test_the_files_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "CHUNK_VIDEOS", 16)
+    infos = {w: generate_benchmark(tmp_path / f"w{w}", CHUNKED, progress=False, workers=w)
+             for w in (1, 2, 3)}
+    digests = {w: _digest(tmp_path / f"w{w}") for w in infos}
+    assert digests[1] == digests[2] == digests[3]
+    assert infos[1] == infos[2] == infos[3]
+    assert infos[1]["balance_chunk_videos"] == 16 and infos[1]["version"] == GENERATOR_VERSION
+    for split in SPLITS:   # the JSON files, parsed: same content, videos in order
+        for w in (2, 3):
+            assert _load(tmp_path / "w1", split) == _load(tmp_path / f"w{w}", split)
+        meta = _load(tmp_path / "w2", split)[0]
+        assert list(meta) == sorted(meta)
+    assert len(_load(tmp_path / "w2", "train")[0]) == 40
+    # a chunk balances its expressions on its own: the third chunk (videos 32-39) is the
+    # same whether or not the videos before it were generated
+    monkeypatch.setattr(writer, "CHUNK_VIDEOS", 8)
+    generate_benchmark(tmp_path / "c8", CHUNKED, progress=False, workers=2)
+    c8, w1 = _digest(tmp_path / "c8"), digests[1]
+    tail = [k for k in w1 if re.search(r"train/(JPEGImages|Annotations)/synth_0000(3[2-9])/", k)]
+    assert len(tail) == 8 * 2 * CHUNKED.num_frames
+    assert all(c8[k] == w1[k] for k in tail)
+    assert sum(c8[k] != w1[k] for k in w1 if k.startswith("train/JPEGImages/")) > 0
+
+
+@needs_fork
+def test_a_failing_worker_raises_and_leaves_no_benchmark(tmp_path, monkeypatch, no_hang):
+    monkeypatch.setattr(writer, "CHUNK_VIDEOS", 16)
+    real = writer.generate_video
+
+    def failing(cfg, split, index, *args, **kwargs):
+        if split == "train" and index == 20:     # in the second chunk
+            raise RuntimeError("generator bug in train video 20")
+        return real(cfg, split, index, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "generate_video", failing)
+    out = tmp_path / "bench"
+    with pytest.raises(RuntimeError, match="generator bug in train video 20"):
+        generate_benchmark(out, CHUNKED, progress=False, workers=2)
+    assert not out.exists() and not list(tmp_path.rglob("synth_info.json"))
+    assert not multiprocessing.active_children(), "workers must be gone"
+
+    def dying(cfg, split, index, *args, **kwargs):
+        if split == "train" and index == 20:
+            os._exit(3)                           # killed: out of memory, say
+        return real(cfg, split, index, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "generate_video", dying)
+    with pytest.raises(RVOSError, match="died unexpectedly"):
+        generate_benchmark(out, CHUNKED, progress=False, workers=2)
+    assert not out.exists() and not list(tmp_path.rglob("synth_info.json"))
+    assert not multiprocessing.active_children(), "workers must be gone"
+
+
+def test_workers_argument_and_cli_option(tmp_path, capsys):
+    from rvos.cli import main
+
+    with pytest.raises(RVOSError, match="workers"):
+        generate_benchmark(tmp_path / "x", TINY, progress=False, workers=0)
+    assert not (tmp_path / "x").exists()
+    args = ["data", "synth", "--out", str(tmp_path / "cli"), "--videos", "2", "--frames", "5",
+            "--size", "64x64", "--quiet"]
+    assert main(args + ["--workers", "2"]) == 0
+    info = json.loads((tmp_path / "cli" / "synth_info.json").read_text())
+    assert info["version"] == GENERATOR_VERSION
+    assert main(args + ["--workers", "0", "--overwrite"]) == 2
+    assert "workers=0" in capsys.readouterr().err
 
 
 def test_bad_config_names_the_field():

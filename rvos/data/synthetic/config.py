@@ -8,7 +8,7 @@ import numpy as np
 
 from rvos.errors import RVOSError
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"   # 1.1: expressions balanced per chunk of videos (parallel generation)
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon", "heart")
 
