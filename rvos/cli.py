@@ -33,7 +33,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         cfg.num_frames = args.frames
     if args.size is not None:
         cfg.height, cfg.width = args.size
-    info = generate_benchmark(args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
+    info = generate_benchmark(args.out, cfg, overwrite=args.overwrite, progress=not args.quiet,
+                              workers=args.workers)
     print(f"{'split':<20}{'videos':>8}{'expressions':>13}  per type")
     for split, counts in info["splits"].items():
         per_type = ", ".join(f"{k} {v}" for k, v in counts["expressions_per_type"].items())
@@ -70,6 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_fresh_output(run_dir, args.overwrite)
         if run_dir.is_dir():           # --overwrite: start from an empty run folder
             shutil.rmtree(run_dir)
+    if cfg.model.kind == "grounding":
+        return _train_grounding(cfg, run_dir, args)
     trainer = Trainer(cfg, run_dir, progress=not args.quiet)
     if args.resume is not None:
         trainer.resume(args.resume or None)
@@ -77,6 +80,24 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"batch {trainer.state.micro_step})")
     state = trainer.fit(stop_after_steps=args.stop_after_steps)
     done = state.epoch >= cfg.train.epochs
+    print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
+          f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
+    return 0
+
+
+def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace) -> int:
+    """The track-grounding model trains in stages on cached features (its own trainer)."""
+    from rvos.engine.grounding_trainer import STAGES, GroundingTrainer
+
+    if args.stop_after_steps:
+        raise RVOSError("--stop-after-steps applies to the clip trainers; a grounding run is "
+                        "bounded by train.grounding.*_steps and train.time_budget_s")
+    trainer = GroundingTrainer(cfg, run_dir, progress=not args.quiet)
+    if args.resume is not None:
+        trainer.resume(args.resume or None)
+        print(f"resumed after the stages {trainer.state.done or 'none'}")
+    state = trainer.fit()
+    done = all(s in state.done for s in STAGES)
     print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
           f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
     return 0
@@ -165,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, help="frames per video")
     synth.add_argument("--size", type=_size, help="frame size HxW, e.g. 128x128")
     synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument("--workers", type=int, metavar="N",
+                       help="processes generating videos (default: all cores); the files do not "
+                            "depend on it")
     synth.set_defaults(func=cmd_data_synth)
     davis = data_sub.add_parser("convert-davis", parents=[common],
                                 help="DAVIS-2017 + Ref-DAVIS17 texts -> Ref-YouTube-VOS layout")
@@ -251,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common],
                           help="the main job: synthetic data -> train -> evaluate -> predict")
     demo.add_argument("--out", default="demo_output")
-    demo.add_argument("--budget-s", type=float, default=420.0, help="training time budget")
+    demo.add_argument("--budget-s", type=float, default=360.0,
+                      help="training time budget, feature cache included (default: 360)")
     demo.add_argument("--overwrite", action="store_true")
     demo.set_defaults(func=cmd_demo)
     return parser

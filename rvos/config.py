@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from rvos.errors import RVOSError
+from rvos.models.grounding.config import GroundingTrainConfig, TrackGroundingConfig
 from rvos.models.query.config import QueryModelConfig
 
 
@@ -68,10 +69,11 @@ class BaselineConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "baseline"            # baseline | query
+    kind: str = "baseline"            # baseline | query | grounding
     text: TextConfig = field(default_factory=TextConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     query: QueryModelConfig = field(default_factory=QueryModelConfig)
+    grounding: TrackGroundingConfig = field(default_factory=TrackGroundingConfig)
 
 
 @dataclass
@@ -109,6 +111,7 @@ class TrainConfig:
     eval_every: int = 1               # epochs between validation passes; 0 disables
     max_steps_per_epoch: int = 0      # 0: a full pass over the training samples
     time_budget_s: float = 0.0        # 0: none; else stop (checkpointed) after this long
+    grounding: GroundingTrainConfig = field(default_factory=GroundingTrainConfig)  # its stages
 
 
 @dataclass

@@ -1,1 +1,19 @@
-"""Training and evaluation engine: trainer, evaluator, checkpoints."""
+"""Training and evaluation engine: trainers, evaluator, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_trainer(cfg, run_dir: str | Path | None = None, progress: bool = True):
+    """The trainer for ``cfg.model.kind``: the clip :class:`~rvos.engine.trainer.Trainer`
+    (baseline, query) or the staged
+    :class:`~rvos.engine.grounding_trainer.GroundingTrainer` (grounding). Both have
+    ``fit()``, ``resume()`` and a ``state`` with ``global_step`` and ``epoch``."""
+    if cfg.model.kind == "grounding":
+        from rvos.engine.grounding_trainer import GroundingTrainer
+
+        return GroundingTrainer(cfg, run_dir, progress)
+    from rvos.engine.trainer import Trainer
+
+    return Trainer(cfg, run_dir, progress)
