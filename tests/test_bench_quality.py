@@ -4,12 +4,13 @@ Nothing here trains a model."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from rvos.bench import aggregate_runs, format_quality_aggregate, plot_quality
 from rvos.cli import build_parser
-from rvos.demo import DEMO_CONFIG, demo_config
+from rvos.demo import BASELINE_CONFIG, DEMO_CONFIG, REPO_ROOT, demo_config
 
 TYPES = ("attribute", "spatial", "relational", "motion", "temporal")
 
@@ -137,7 +138,23 @@ def test_bench_command_line_defaults_and_seeds():
 
 
 def test_seed_override_reaches_the_config(tmp_path):
-    cfg = demo_config(tmp_path / "data", tmp_path / "run", 60.0, DEMO_CONFIG, ["train.seed=7"])
+    cfg = demo_config(tmp_path / "data", tmp_path / "run", 60.0, BASELINE_CONFIG, ["train.seed=7"])
     assert cfg.train.seed == 7 and cfg.train.time_budget_s == 60.0
     assert cfg.data.root == str(tmp_path / "data")
-    assert demo_config(tmp_path / "data", tmp_path / "run", 60.0).train.seed == 0   # old callers
+    assert demo_config(tmp_path / "data", tmp_path / "run", 60.0, BASELINE_CONFIG).train.seed == 0
+
+
+def test_demo_config_finds_the_backbone_weights_from_any_folder(tmp_path, monkeypatch, assets):
+    monkeypatch.chdir(tmp_path)                       # configs name weights from the repo root
+    cfg = demo_config(tmp_path / "data", tmp_path / "run", 60.0, DEMO_CONFIG)
+    weights = cfg.model.grounding.backbone_weights
+    assert weights.startswith(str(REPO_ROOT)) and Path(weights).is_file()
+
+
+def test_demo_config_names_missing_backbone_weights(tmp_path, monkeypatch):
+    from rvos.errors import RVOSError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RVOSError, match="backbone weights not found"):
+        demo_config(tmp_path / "data", tmp_path / "run", 60.0, DEMO_CONFIG,
+                    ["model.grounding.backbone_weights=../no/such/weights.pt"])

@@ -86,6 +86,7 @@ def test_the_key_follows_weights_transform_and_data(data, backbone, tmp_path):
     assert fc.open_or_build(tmp_path / "c", layout, backbone, "mobilenet_v2", (32, 32),
                             progress=False).folder != base
     assert _open(tmp_path / "c", layout, backbone, flip=True).folder != base
+    assert _open(tmp_path / "c", layout, backbone, dtype="bfloat16").folder != base
     # the data: a frame rewritten (new size or time) gives another key
     video = sorted(layout.videos)[0]
     frame = layout.frame_path(video, layout.videos[video].frames[0])

@@ -13,7 +13,8 @@ from rvos.models.grounding.model import pad_tracks
 from rvos.models.grounding.objective import grounding_loss, segmenter_loss, segmenter_targets
 from rvos.models.grounding.scorer import TrackScorer, pair_geometry
 from rvos.models.grounding.segmenter import SegmenterOutput, group_instances
-from rvos.models.grounding.tracks import TrackSet, geometry, link_tracks, track_set
+from rvos.models.grounding.tracks import (TrackSet, appearance_dim, geometry, link_tracks,
+                                          silhouettes, track_set)
 
 
 def _square_labels() -> torch.Tensor:
@@ -183,7 +184,7 @@ def test_scorer_fits_a_tiny_set():
     words = torch.randn(4, 5, 24, generator=rng)
     padding = torch.tensor([[False] * 3 + [True] * 2, [False] * 4 + [True], [False] * 4 + [True],
                             [False] * 3 + [True] * 2])
-    scorer = TrackScorer(appearance_dim=16 + 3, text_dim=24, dim=32, heads=4)
+    scorer = TrackScorer(appearance_dim=appearance_dim([16]), text_dim=24, dim=32, heads=4)
     batch = pad_tracks(sets)
     referred = torch.zeros_like(batch.valid)
     referred[torch.arange(4), referred_index] = True
@@ -245,3 +246,15 @@ def test_model_output_has_one_query_per_track_and_shares_the_clip(tiny_model):
     assert torch.equal(out.scores[:, 0], out.scores[:, 2])
     # sentences 0 and 2 share clip 0: the same tracks and masks
     assert torch.equal(out.mask_logits[0], out.mask_logits[2])
+
+
+def test_silhouettes_describe_shape_not_position_or_colour():
+    masks = torch.zeros(3, 1, 64, 64, dtype=torch.bool)
+    masks[0, 0, 5:15, 5:15] = True                  # a square
+    masks[1, 0, 40:50, 30:40] = True                # the same square elsewhere
+    masks[2, 0, 20:40, 20:25] = True                # a tall bar
+    s = silhouettes(masks)
+    assert s.shape == (3, 1, 144)
+    torch.testing.assert_close(s[0], s[1])
+    assert (s[0] - s[2]).abs().max() > 0.5
+    assert silhouettes(torch.zeros(1, 2, 8, 8, dtype=torch.bool)).abs().sum() == 0

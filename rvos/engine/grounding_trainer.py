@@ -40,6 +40,7 @@ from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
 from rvos.models.build import build_model
 from rvos.models.feature_cache import FeatureCache, normalize, open_or_build
+from rvos.models.grounding.config import GroundingTrainConfig
 from rvos.models.grounding.model import pad_tracks
 from rvos.models.grounding.objective import (SEGMENTER_WEIGHTS, grounding_loss, segmenter_loss,
                                              segmenter_targets)
@@ -64,6 +65,22 @@ class GroundingState:
         return len(self.done)
 
 
+def validate_stages(g: GroundingTrainConfig) -> None:
+    """RVOSError naming the ``train.grounding`` key that cannot work."""
+    for key in ("seg_steps", "seg_batch_frames", "scorer_steps", "scorer_batch"):
+        if getattr(g, key) < 1:
+            raise RVOSError(f"invalid config: train.grounding.{key} must be >= 1, got {getattr(g, key)}")
+    for key in ("seg_lr", "scorer_lr"):
+        if not getattr(g, key) > 0:
+            raise RVOSError(f"invalid config: train.grounding.{key} must be > 0, got {getattr(g, key)}")
+    if not 0 < g.seg_budget_share < 1:
+        raise RVOSError("invalid config: train.grounding.seg_budget_share must lie in (0, 1), "
+                        f"got {g.seg_budget_share}")
+    if g.scorer_tracks not in ("gt", "predicted"):
+        raise RVOSError("invalid config: train.grounding.scorer_tracks must be gt or predicted, "
+                        f"got {g.scorer_tracks!r}")
+
+
 @dataclass
 class Expression:
     """A training sentence: its video, text and the indices of its referred tracks."""
@@ -81,6 +98,7 @@ class GroundingTrainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True):
         if cfg.model.kind != "grounding":
             raise RVOSError(f"GroundingTrainer trains model.kind=grounding, not {cfg.model.kind!r}")
+        validate_stages(cfg.train.grounding)
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress

@@ -34,6 +34,8 @@ def validate_grounding_config(g: TrackGroundingConfig) -> None:
     for key in ("link_max_gap", "relation_layers", "min_area"):
         if getattr(g, key) < 0:
             raise bad(key, "must be >= 0")
+    if not 0 <= g.dropout < 1:
+        raise bad("dropout", "must lie in [0, 1)")
     if g.link_max_distance <= 0 or g.link_appearance_weight < 0:
         raise bad("link_max_distance", "and link_appearance_weight must be positive")
 
@@ -48,5 +50,5 @@ def build_grounding_model(cfg: Config) -> TrackGroundingModel:
     text = TextEncoder(cfg.model.text.name, freeze=True, max_length=cfg.model.text.max_length)
     segmenter = InstanceSegmenter(list(backbone.channels), g.seg_dim, g.refine_dim)
     scorer = TrackScorer(appearance_dim(list(backbone.channels)), text.dim, g.dim, g.heads,
-                         g.relation_layers, g.roles)
+                         g.relation_layers, g.roles, g.dropout)
     return TrackGroundingModel(backbone, text, segmenter, scorer, g)

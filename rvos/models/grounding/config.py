@@ -30,6 +30,7 @@ class TrackGroundingConfig:
     heads: int = 4
     relation_layers: int = 2          # rounds of pairwise (track, track) reasoning
     roles: int = 4                    # word-attention read-outs (subject, place, relation, motion)
+    dropout: float = 0.0              # on the scorer's appearance input and track states
 
 
 @dataclass

@@ -7,8 +7,9 @@ Relation Networks, Santoro et al. 2017):
 * word read-outs: a few learned queries attend over the words, so the subject ("the small
   red circle"), a place ("leftmost"), a relation and its anchor ("above the blue square")
   and a motion ("that stops halfway") can each be read separately;
-* word-by-word appearance matching (:class:`WordMatch`), summed over the words, so that
-  attributes learned apart compose (a colour-shape pair never seen in training);
+* word-by-word matching (:class:`WordMatch`) of a linear view of the appearance plus the
+  track's size, summed over the words, so that attributes learned apart compose (a
+  colour-shape pair never seen in training);
 * per track: appearance (frozen features pooled over its masks) and a temporal encoding of
   its trajectory (position, size, velocity and visibility frame by frame, with the time in
   the clip), so motion and temporal expressions see how the track changes;
@@ -71,6 +72,16 @@ def pair_geometry(geometry: Tensor, visible: Tensor) -> Tensor:
     ratio = torch.log((size[:, None, :] + 1e-3) / (size[:, :, None] + 1e-3))
     dist = (d.norm(dim=-1) * both).sum(-1) / n_both
     return torch.cat([mean, dmin, dmax, share[..., None], ratio[..., None], dist[..., None]], -1)
+
+
+def track_size(geometry: Tensor, visible: Tensor) -> Tensor:
+    """(B, N, T, G), (B, N, T) -> (B, N, 8): mean and max over the visible frames of the
+    size columns (sqrt area, box width, box height, log area); the max is what an occlusion
+    does not shrink."""
+    size = geometry[..., 2:6]
+    vis = visible[..., None].to(size.dtype)
+    mean = (size * vis).sum(2) / vis.sum(2).clamp(min=1)
+    return torch.cat([mean, (size * vis).amax(2)], -1)
 
 
 class WordRoles(nn.Module):
@@ -178,12 +189,15 @@ class TrackScorer(nn.Module):
     (-inf at padded tracks)."""
 
     def __init__(self, appearance_dim: int, text_dim: int, dim: int = 128, heads: int = 4,
-                 relation_layers: int = 2, roles: int = 4):
+                 relation_layers: int = 2, roles: int = 4, dropout: float = 0.0):
         super().__init__()
         self.words = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))
         self.roles = WordRoles(dim, roles)
         self.condition = nn.Linear(roles * dim, dim)
-        self.appearance = nn.Sequential(nn.LayerNorm(appearance_dim), _mlp(appearance_dim, dim, dim))
+        self.appearance_norm = nn.LayerNorm(appearance_dim)
+        self.appearance = _mlp(appearance_dim, dim, dim)
+        self.appearance_linear = nn.Linear(appearance_dim, dim)   # what the word match sees
+        self.size_linear = nn.Linear(8, dim)                      # ... with the track's size
         self.word_match = WordMatch(dim, roles)
         self.from_match = nn.Linear(roles, dim)
         self.trajectory = TrajectoryEncoder(dim)
@@ -193,17 +207,22 @@ class TrackScorer(nn.Module):
         self.pairs = _mlp(PAIR_DIM, dim, dim)
         self.relations = nn.ModuleList(RelationLayer(dim) for _ in range(relation_layers))
         self.read_out = _mlp(2 * dim, dim, 1)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, tracks: TrackBatch, words: Tensor, padding: Tensor) -> Tensor:
         w = self.words(words)                                               # (B, L, d)
         roles = self.roles(w, padding)                                      # (B, R, d)
         sentence = self.condition(roles.flatten(1))                         # (B, d)
-        appearance = self.appearance(tracks.appearance)                      # (B, N, d)
-        match = self.word_match(w, padding, appearance)                     # (B, N, R)
+        raw = self.dropout(self.appearance_norm(tracks.appearance))
+        appearance = self.appearance(raw)                                   # (B, N, d)
+        # a linear view of the appearance for the word match: attributes stay separable
+        match = self.word_match(w, padding, self.appearance_linear(raw) +
+                                self.size_linear(track_size(tracks.geometry, tracks.visible)))
         h = appearance + self.trajectory(tracks.geometry, tracks.visible) + self.from_match(match)
         scale, shift = self.film(sentence)[:, None].chunk(2, -1)
         h = h * (1 + scale) + shift
         h = self.norm(h + self.cross(h, w, w, key_padding_mask=padding, need_weights=False)[0])
+        h = self.dropout(h)
         pairs = self.pairs(pair_geometry(tracks.geometry, tracks.visible))
         for layer in self.relations:
             h = layer(h, pairs, tracks.valid, sentence)

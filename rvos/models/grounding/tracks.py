@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+from torchvision.ops import roi_align
 
 GEOMETRY_DIM = 7   # cx, cy (in [-1, 1]), sqrt(area), box w, box h (in image sizes), log area, visible
 
@@ -52,17 +53,46 @@ class TrackSet:
         return TrackSet(self.appearance, self.geometry, self.visible, self.area)
 
 
+SILHOUETTE = 12    # the silhouette descriptor is SILHOUETTE x SILHOUETTE
+
+
 def appearance_dim(channels: list[int]) -> int:
-    return sum(channels) + 3
+    """Per-frame appearance size: pooled maps, mean colour, silhouette."""
+    return sum(channels) + 3 + SILHOUETTE * SILHOUETTE
+
+
+def silhouettes(masks: Tensor, size: int = SILHOUETTE) -> Tensor:
+    """masks (K, T, H, W) bool -> (K, T, size * size): each mask resampled (roi_align) from
+    the square around its box (side = the longer box side, so the aspect ratio shows) to
+    size x size; the object's outline, free of its colour and of the background. Zero where
+    the mask is empty."""
+    k, t, h, w = masks.shape
+    m = masks.view(k * t, 1, h, w).float()
+    rows, cols = m[:, 0].amax(-1) > 0, m[:, 0].amax(-2) > 0           # (KT, H), (KT, W)
+
+    def span(on: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        idx = torch.arange(n, device=masks.device)
+        return (torch.where(on, idx, n).amin(-1).float(),
+                torch.where(on, idx, -1).amax(-1).float() + 1)
+
+    y0, y1 = span(rows, h)
+    x0, x1 = span(cols, w)
+    side = torch.maximum(y1 - y0, x1 - x0).clamp(min=1)
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    boxes = torch.stack([torch.arange(k * t, device=masks.device, dtype=torch.float32),
+                         cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+    out = roi_align(m, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return out.view(k, t, -1) * rows.any(-1).view(k, t, 1)
 
 
 def pool_objects(maps: list[Tensor], rgb: Tensor, masks: Tensor) -> Tensor:
     """Appearance of objects: maps [(T, C_i, h_i, w_i)] frozen features, rgb (T, 3, H, W)
-    normalised frame, masks (K, T, H, W) bool -> (K, T, sum(C_i) + 3): each map averaged
-    over the object's mask (resampled to the map by area), and its mean colour."""
+    normalised frame, masks (K, T, H, W) bool -> (K, T, :func:`appearance_dim`): each map
+    averaged over the object's mask (resampled to the map by area), its mean colour, and its
+    silhouette (:func:`silhouettes`)."""
     k, t, h, w = masks.shape
     if k == 0:
-        return rgb.new_zeros(0, t, sum(m.shape[1] for m in maps) + rgb.shape[1])
+        return rgb.new_zeros(0, t, sum(m.shape[1] for m in maps) + rgb.shape[1] + SILHOUETTE ** 2)
     weight = masks.float().view(k * t, 1, h, w)
     pooled = []
     for fmap in [rgb, *maps]:                                            # finest first
@@ -76,7 +106,7 @@ def pool_objects(maps: list[Tensor], rgb: Tensor, masks: Tensor) -> Tensor:
         wv = weight.view(k, t, -1)                                       # (K, T, hw)
         total = torch.einsum("ktp,tcp->ktc", wv, fmap.float().flatten(2))
         pooled.append(total / wv.sum(-1, keepdim=True).clamp(min=1e-6))
-    return torch.cat(pooled[1:] + pooled[:1], -1)
+    return torch.cat(pooled[1:] + pooled[:1] + [silhouettes(masks)], -1)
 
 
 def geometry(masks: Tensor) -> Tensor:
