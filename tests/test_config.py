@@ -61,5 +61,5 @@ def test_every_shipped_config_is_valid():
     assert configs, "configs/ is empty"
     for path in configs:
         cfg = load_config(path)
-        assert cfg.model.kind in ("baseline", "query"), path
+        assert cfg.model.kind in ("baseline", "query", "grounding"), path
         assert not str(cfg.data.root).startswith("/"), f"{path}: absolute data path"
