@@ -1,4 +1,4 @@
-"""Training the track-grounding model on cached frozen features, in two stages.
+"""Training the track-grounding model on cached frozen features: the cache, then two stages.
 
 1. **Feature cache.** The frozen backbone runs once over every training frame (and its
    mirror image when ``train.grounding.flip``); the maps are memory-mapped from disk
@@ -12,8 +12,10 @@
    step costs a few milliseconds per sentence, so one run presents each sentence many
    times.
 
-Each stage runs a cosine learning-rate schedule sized to fit its step count or its share
-of ``train.time_budget_s`` (measured after a few steps), whichever is smaller. After the
+``train.time_budget_s`` counts from the start, cache included: the segmenter gets
+``seg_budget_share`` of what the cache leaves, the scorer the rest. Each stage ends at its
+step count or its time, whichever comes first, and its cosine learning rate follows that
+progress, so it reaches its end either way. After the
 scorer, the whole model is validated through the Predictor (``best`` by J&F) and ``last``
 is written. ``--resume`` skips the stages a checkpoint records as done.
 """
@@ -34,10 +36,10 @@ from rvos.config import Config, save_config
 from rvos.data.transforms import swap_left_right
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from rvos.engine.evaluator import evaluate_layout
-from rvos.engine.trainer import MetricsLogger, seed_everything
+from rvos.engine.trainer import (MetricsLogger, plot_run_curves, seed_everything,
+                                 validation_summary)
 from rvos.errors import RVOSError
-from rvos.inference import Predictor, resolve_device
+from rvos.inference import resolve_device
 from rvos.models.build import build_model
 from rvos.models.feature_cache import FeatureCache, normalize, open_or_build
 from rvos.models.grounding.config import GroundingTrainConfig
@@ -155,16 +157,10 @@ class GroundingTrainer:
             t = time.monotonic()
             cache = self.open_cache()
             self.state.timings["cache_s"] = time.monotonic() - t
-            budget = cfg.train.time_budget_s
-            left = (budget - (time.monotonic() - self.started)) if budget > 0 else 0.0
             if "segmenter" not in self.state.done and not self._stop_requested:
-                self._train_segmenter(cache, logger, left * g.seg_budget_share if budget > 0 else 0.0)
+                self._train_segmenter(cache, logger, self._time_left("segmenter") * g.seg_budget_share)
             if "scorer" not in self.state.done and not self._stop_requested:
-                left = (budget - (time.monotonic() - self.started)) if budget > 0 else 0.0
-                if budget > 0 and left <= 0:
-                    raise RVOSError(f"train.time_budget_s={budget} leaves no time for the scorer "
-                                    "stage (raise it or lower train.grounding.seg_budget_share)")
-                self._train_scorer(cache, logger, left if budget > 0 else 0.0)
+                self._train_scorer(cache, logger, self._time_left("scorer"))
             if not self._stop_requested and cfg.train.eval_every:
                 self._validate_and_keep_best(logger)
             self.save("last")
@@ -174,6 +170,19 @@ class GroundingTrainer:
             logger.close()
             self._plot()
         return self.state
+
+    def _time_left(self, stage: str) -> float:
+        """Seconds of ``train.time_budget_s`` left for ``stage`` and what follows it (0: no
+        budget); RVOSError when none is left."""
+        budget = self.cfg.train.time_budget_s
+        if budget <= 0:
+            return 0.0
+        left = budget - (time.monotonic() - self.started)
+        if left <= 0:
+            raise RVOSError(f"train.time_budget_s={budget} leaves no time for the {stage} stage "
+                            f"(the feature cache took {self.state.timings.get('cache_s', 0):.0f} s); "
+                            "raise it")
+        return left
 
     def open_cache(self) -> FeatureCache:
         g = self.cfg.train.grounding
@@ -351,15 +360,7 @@ class GroundingTrainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict | None:
-        d = self.cfg.data
-        layout = RefYTVOSLayout(Path(d.root), d.val_split)
-        if not layout.has_annotations:
-            return None
-        predictor = Predictor(self.model, d.input_size, self.cfg.eval.window, self.device)
-        result = evaluate_layout(predictor, layout, self.cfg.eval.threshold,
-                                 max_samples=d.max_val_samples, progress=self.progress)
-        self.model.train()
-        return result.summary()
+        return validation_summary(self.model, self.cfg, self.device, self.progress)
 
     def _validate_and_keep_best(self, logger: MetricsLogger) -> None:
         summary = self.validate()
@@ -375,12 +376,7 @@ class GroundingTrainer:
             self.save("best", {"val": summary})
 
     def _plot(self) -> None:
-        try:
-            from rvos.viz import plot_training_curves
-
-            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
-        except Exception as e:  # a plot must never cost a finished training run
-            print(f"warning: could not plot training curves: {e}")
+        plot_run_curves(self.run_dir)
 
 
 def _match_ids(track_masks: torch.Tensor, gt_masks: torch.Tensor, ids: list[int]) -> list[int]:

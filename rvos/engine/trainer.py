@@ -184,15 +184,7 @@ class Trainer:
 
     def validate(self) -> dict | None:
         """J&F on the validation split (None when it has no annotations or eval is off)."""
-        d = self.cfg.data
-        layout = RefYTVOSLayout(Path(d.root), d.val_split)
-        if not layout.has_annotations:
-            return None
-        predictor = Predictor(self.model, d.input_size, self.cfg.eval.window, self.device)
-        result = evaluate_layout(predictor, layout, self.cfg.eval.threshold,
-                                 max_samples=d.max_val_samples, progress=self.progress)
-        self.model.train()
-        return result.summary()
+        return validation_summary(self.model, self.cfg, self.device, self.progress)
 
     def _validate_and_keep_best(self, logger: MetricsLogger, epoch: float) -> None:
         """Validate, log J/F/J&F, and save ``best`` when J&F improves."""
@@ -287,9 +279,30 @@ class Trainer:
         return self.state
 
     def _plot(self) -> None:
-        try:
-            from rvos.viz import plot_training_curves
+        plot_run_curves(self.run_dir)
 
-            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
-        except Exception as e:  # a plot must never cost a finished training run
-            print(f"warning: could not plot training curves: {e}")
+
+def validation_summary(model: nn.Module, cfg: Config, device: torch.device,
+                       progress: bool = True) -> dict | None:
+    """The evaluator's summary of ``model`` on ``cfg.data.val_split`` (at most
+    ``data.max_val_samples`` expressions), or None when that split has no annotations; the
+    model is left in training mode."""
+    d = cfg.data
+    layout = RefYTVOSLayout(Path(d.root), d.val_split)
+    if not layout.has_annotations:
+        return None
+    predictor = Predictor(model, d.input_size, cfg.eval.window, device)
+    result = evaluate_layout(predictor, layout, cfg.eval.threshold,
+                             max_samples=d.max_val_samples, progress=progress)
+    model.train()
+    return result.summary()
+
+
+def plot_run_curves(run_dir: Path) -> None:
+    """``curves.png`` from ``metrics.csv``; a failure is a warning, never a lost run."""
+    try:
+        from rvos.viz import plot_training_curves
+
+        plot_training_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    except Exception as e:  # a plot must never cost a finished training run
+        print(f"warning: could not plot training curves: {e}")

@@ -54,7 +54,8 @@ def pad_tracks(sets: list[TrackSet]) -> TrackBatch:
 class TrackGroundingModel(nn.Module):
     """frames (C, T, 3, H, W) ImageNet-normalised + B sentences (+ clip_index (B,)) ->
     :class:`RVOSOutput` with one query per track: mask_logits (B, T, Q, H, W) (the
-    segmenter's foreground logit inside the track's masks, ``BACKGROUND_LOGIT`` elsewhere),
+    segmenter's foreground logit inside the track's masks, its (negative) logit on the
+    background, ``BACKGROUND_LOGIT`` on other tracks' pixels),
     scores (B, T, Q) (the logit of the track's probability of being the referred one, the
     same in every frame; Q = the most tracks of any clip, padding scored -1e4)."""
 
@@ -138,7 +139,10 @@ class TrackGroundingModel(nn.Module):
         for b, ci in enumerate(clip_of):
             s = sets[ci]
             fg = seg.fg_logits[ci * t:(ci + 1) * t, 0].float()              # (T, H, W)
+            # soft logits against the background keep sub-pixel edges when the Predictor
+            # upsamples; other objects' pixels are firmly outside
+            outside = torch.where(s.masks.any(0), BACKGROUND_LOGIT, fg.clamp(max=-0.05))
             for q in range(len(s)):
-                mask_logits[b, :, q] = torch.where(s.masks[q], fg.clamp(min=0.05), BACKGROUND_LOGIT)
+                mask_logits[b, :, q] = torch.where(s.masks[q], fg.clamp(min=0.05), outside)
         return RVOSOutput(mask_logits=mask_logits, scores=score[:, None, :].expand(-1, t, -1),
                           extras={"track_logits": logits})

@@ -214,11 +214,11 @@ class TrackScorer(nn.Module):
         roles = self.roles(w, padding)                                      # (B, R, d)
         sentence = self.condition(roles.flatten(1))                         # (B, d)
         raw = self.dropout(self.appearance_norm(tracks.appearance))
-        appearance = self.appearance(raw)                                   # (B, N, d)
         # a linear view of the appearance for the word match: attributes stay separable
         match = self.word_match(w, padding, self.appearance_linear(raw) +
                                 self.size_linear(track_size(tracks.geometry, tracks.visible)))
-        h = appearance + self.trajectory(tracks.geometry, tracks.visible) + self.from_match(match)
+        h = (self.appearance(raw) + self.trajectory(tracks.geometry, tracks.visible)
+             + self.from_match(match))                                      # (B, N, d)
         scale, shift = self.film(sentence)[:, None].chunk(2, -1)
         h = h * (1 + scale) + shift
         h = self.norm(h + self.cross(h, w, w, key_padding_mask=padding, need_weights=False)[0])
