@@ -258,3 +258,17 @@ def test_silhouettes_describe_shape_not_position_or_colour():
     torch.testing.assert_close(s[0], s[1])
     assert (s[0] - s[2]).abs().max() > 0.5
     assert silhouettes(torch.zeros(1, 2, 8, 8, dtype=torch.bool)).abs().sum() == 0
+
+
+def test_predicted_tracks_take_the_id_of_the_object_they_overlap():
+    from rvos.engine.grounding_trainer import _match_ids
+
+    gt = torch.zeros(2, 2, 16, 16, dtype=torch.bool)
+    gt[0, :, 0:8, 0:8] = True
+    gt[1, :, 8:16, 8:16] = True
+    tracks = torch.zeros(3, 2, 16, 16, dtype=torch.bool)
+    tracks[0, :, 8:16, 8:15] = True                 # most of object 7
+    tracks[1, :, 0:8, 0:3] = True                   # a sliver of object 4: a distractor
+    tracks[2, 0, 0:8, 0:8] = True                   # object 4 in one frame of two: IoU 0.5
+    assert _match_ids(tracks, gt, [4, 7]) == [7, 0, 4]
+    assert _match_ids(tracks[:0], gt, [4, 7]) == []
