@@ -173,3 +173,10 @@ def test_manifest_records_every_array_with_its_digest(data, backbone, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fc.check_cache(cache.folder, manifest["key"]) is None
+
+
+def test_a_split_name_with_slashes_stays_inside_the_cache_folder(data, backbone, tmp_path):
+    layout = RefYTVOSLayout(data, "train")
+    layout.split = "../../train"
+    cache = _open(tmp_path / "c", layout, backbone)
+    assert cache.folder.parent == tmp_path / "c" and cache.folder.name.startswith(".._.._train-")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -183,7 +184,8 @@ def open_or_build(root: str | Path, layout, backbone: nn.Module, backbone_name: 
                       "dtype": "float16"},
     }
     key = cache_key(key_inputs)
-    folder = root / f"{layout.split}-{key}"
+    # one path component whatever the split is called, so nothing outside ``root`` is touched
+    folder = root / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', layout.split)}-{key}"
     if folder.is_dir():
         problem = check_cache(folder, key, verify)
         if problem is None:
