@@ -135,12 +135,14 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(data, backbone,
         _open(tmp_path, layout, backbone)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    # a kill -9 leaves a .partial folder of a dead process: ignored and removed next time
+    # a kill -9 leaves a .partial folder of a dead process (any key): removed next time;
+    # folders rvos did not name so are left alone
     stale = tmp_path / f"train-{'0' * 24}.partial-999999999"
     stale.mkdir()
+    (tmp_path / "mine.partial-999999999").mkdir()
     cache = _open(tmp_path, layout, backbone)
-    assert cache.folder.is_dir() and not any(p.name.endswith(".partial-999999999")
-                                             for p in tmp_path.iterdir() if p.name.startswith(cache.folder.name))
+    assert cache.folder.is_dir() and not stale.exists()
+    assert (tmp_path / "mine.partial-999999999").is_dir()
 
 
 def test_a_partial_of_this_key_from_a_dead_build_is_removed(data, backbone, tmp_path):

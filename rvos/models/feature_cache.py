@@ -192,7 +192,7 @@ def open_or_build(root: str | Path, layout, backbone: nn.Module, backbone_name: 
             return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
         warnings.warn(f"feature cache {problem}; rebuilding it", stacklevel=2)
         shutil.rmtree(folder)
-    _remove_stale_partials(root, folder.name)
+    _remove_stale_partials(root)
     return build_cache(folder, key, key_inputs, layout, backbone, input_size, flip,
                        batch_frames, progress, dtype)
 
@@ -222,19 +222,26 @@ def check_cache(folder: Path, key: str, verify: bool = True) -> str | None:
     return None
 
 
-def _remove_stale_partials(root: Path, name: str) -> None:
-    """Remove ``<name>.partial-<pid>`` folders of builds whose process is gone."""
+_PARTIAL = re.compile(r".+-[0-9a-f]{24}\.partial-(\d+)")
+
+
+def _remove_stale_partials(root: Path) -> None:
+    """Remove the ``<split>-<key>.partial-<pid>`` folders of builds whose process is gone
+    (killed builds of any key); nothing else in ``root`` is touched."""
     if not root.is_dir():
         return
-    for path in root.glob(f"{name}.partial-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        alive = False
-        if pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                alive = int(pid) != os.getpid()
-            except (ProcessLookupError, PermissionError):
-                alive = False
+    for path in root.iterdir():
+        match = _PARTIAL.fullmatch(path.name)
+        if not match or not path.is_dir():
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:          # another user's live process
+            alive = True
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -13,7 +13,6 @@ Only the segmenter and the scorer learn, and both learn from cached backbone fea
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -98,16 +97,16 @@ class TrackGroundingModel(nn.Module):
             cx = (m.sum(1) * xs).sum(1) / area.clamp(min=1)
             centres.append(torch.stack([cy, cx], 1).cpu().numpy())
             areas.append(area.cpu().numpy())
-            frame_maps = [fm[i:i + 1] for fm in maps]
-            apps.append(pool_objects(frame_maps, rgb[i:i + 1], m[:, None])[:, 0].cpu().numpy()
-                        if k else np.zeros((0, 1)))
-        links = link_tracks(centres, areas, apps, c.link_max_gap, c.link_max_distance,
-                            c.link_appearance_weight)
+            apps.append(pool_objects([fm[i:i + 1] for fm in maps], rgb[i:i + 1], m[:, None])[:, 0])
+        links = link_tracks(centres, areas, [a.cpu().numpy() for a in apps], c.link_max_gap,
+                            c.link_max_distance, c.link_appearance_weight)
         track_masks = torch.zeros(len(links), t, h, w, dtype=torch.bool, device=assign.device)
+        appearance = apps[0].new_zeros(len(links), t, apps[0].shape[-1])
         for q, frames in enumerate(links):
             for i, k in frames.items():
                 track_masks[q, i] = masks[i][k]
-        return track_set(maps, rgb, track_masks)
+                appearance[q, i] = apps[i][k]      # pooled once, for linking and for the token
+        return track_set(maps, rgb, track_masks, appearance)
 
     def encode_text(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
         """texts -> words (B, L, D), padding (B, L) bool."""

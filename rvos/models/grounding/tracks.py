@@ -135,11 +135,15 @@ def geometry(masks: Tensor) -> Tensor:
     return g * vis[..., None]
 
 
-def track_set(maps: list[Tensor], rgb: Tensor, masks: Tensor) -> TrackSet:
+def track_set(maps: list[Tensor], rgb: Tensor, masks: Tensor,
+              appearance: Tensor | None = None) -> TrackSet:
     """A :class:`TrackSet` of tracks given by their masks (Q, T, H, W) bool; maps
-    [(T, C_i, h_i, w_i)] and rgb (T, 3, H, W) of the clip."""
+    [(T, C_i, h_i, w_i)] and rgb (T, 3, H, W) of the clip. ``appearance`` (Q, T, D): the
+    per-frame :func:`pool_objects` of these masks where the caller already has it."""
     visible = masks.flatten(2).any(-1)
-    return TrackSet(pool_objects(maps, rgb, masks) * visible[..., None], geometry(masks), visible,
+    if appearance is None:
+        appearance = pool_objects(maps, rgb, masks)
+    return TrackSet(appearance * visible[..., None], geometry(masks), visible,
                     masks.flatten(2).sum(-1).float(), masks)
 
 
