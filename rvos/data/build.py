@@ -1,4 +1,9 @@
-"""Datasets from a config: the training set (video, image or joint) and evaluation splits."""
+"""Datasets from a config: the training set (video, image or joint) and evaluation splits.
+
+Every file a training run will read is checked to exist (a ``stat`` per file, no decoding)
+when the datasets are built, so a damaged dataset stops the run before its first step with
+an error naming the file, not when the broken sample happens to be drawn.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,40 @@ from rvos.data.ytvos import RefYTVOSLayout, ReferringClipDataset
 
 def build_train_dataset(cfg: Config) -> Dataset:
     """Referring clips of ``cfg.data.train_split``; mixed with referring images when
-    ``cfg.data.joint_image_ratio`` > 0 (RefCOCO-style data under ``refcoco_root``)."""
+    ``cfg.data.joint_image_ratio`` > 0 (RefCOCO-style data under ``refcoco_root``).
+
+    The frames and masks of every video in use (and every referring image) are checked up
+    front; a missing or empty file is an RVOSError naming it."""
     d = cfg.data
     video = ReferringClipDataset(
         RefYTVOSLayout(Path(d.root), d.train_split), num_frames=d.num_frames,
         input_size=d.input_size, train=True, max_frame_stride=d.max_frame_stride,
         hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter, color_jitter=d.color_jitter,
         max_samples=d.max_train_samples, seed=cfg.train.seed)
+    video.layout.verify(videos=[v for v, _ in video.items])
     if d.joint_image_ratio <= 0:
         return video
     from rvos.data.joint import JointDataset
     from rvos.data.refcoco import build_image_dataset
 
-    return JointDataset(video, build_image_dataset(d, d.input_size), d.joint_image_ratio,
-                        cfg.train.seed)
+    images = build_image_dataset(d, d.input_size)
+    images.verify()
+    return JointDataset(video, images, d.joint_image_ratio, cfg.train.seed)
+
+
+def verify_validation_split(cfg: Config) -> None:
+    """Check up front the files validation will read: the frames and masks of the videos of
+    the first ``data.max_val_samples`` expressions (all when 0) of ``data.val_split``.
+
+    Nothing is checked when validation is off (``train.eval_every`` = 0) or the split has no
+    annotations (validation is then skipped); a missing split or file is an RVOSError."""
+    d = cfg.data
+    if not cfg.train.eval_every:
+        return
+    layout = RefYTVOSLayout(Path(d.root), d.val_split)
+    if not layout.has_annotations:
+        return
+    samples = layout.samples()
+    if d.max_val_samples > 0:
+        samples = samples[:d.max_val_samples]
+    layout.verify(videos=[v for v, _ in samples])

@@ -37,6 +37,7 @@ from PIL import Image
 from rvos.data.palette import read_label_png, write_label_png
 from rvos.data.ytvos import RefYTVOSLayout, parse_meta_expressions
 from rvos.errors import RVOSError
+from rvos.paths import check_component
 
 DAVIS_TEXT_FILES = (
     "Davis17_annot1.txt",
@@ -85,6 +86,7 @@ def read_davis_text_annotations(path: str | Path) -> dict[str, dict[int, str]]:
         if not sentence:
             raise RVOSError(f"line {lineno}: empty sentence for {video} object {obj_id}", path)
         video = _VIDEO_NAME_FIXES.get(video, video)
+        check_component(video, f"line {lineno}: video name", path)
         per_video = videos.setdefault(video, {})
         if obj_id in per_video:
             raise RVOSError(f"line {lineno}: second sentence for {video} object {obj_id}", path)
@@ -157,11 +159,12 @@ def _davis_base(davis_root: Path) -> Path:
 def _split_videos(base: Path, split: str, expression_videos: list[str], resolution: str,
                   videos: list[str] | None) -> list[str]:
     if videos is not None:
-        chosen = list(videos)
+        chosen = [check_component(v, "video name (--videos)") for v in videos]
     else:
         imageset = base / "ImageSets" / "2017" / f"{_IMAGESET_NAMES.get(split, split)}.txt"
         if imageset.is_file():
-            listed = [v.strip() for v in imageset.read_text().splitlines() if v.strip()]
+            listed = [check_component(v.strip(), "video name", imageset)
+                      for v in imageset.read_text().splitlines() if v.strip()]
             chosen = [v for v in listed if v in set(expression_videos)]
             if not chosen:
                 raise RVOSError("no video of this image set has expressions", imageset)
@@ -215,6 +218,7 @@ def convert_davis_to_ytvos(davis_root: str | Path, expressions: str | Path, out_
 
     Returns the converted split, opened with :class:`RefYTVOSLayout`.
     """
+    check_component(split, "split name")
     base = _davis_base(Path(davis_root).expanduser())
     out_split = Path(out_root).expanduser() / split
     all_expressions = _read_expressions(expressions)

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from rvos.data.batch import ClipMeta, ClipSample, masks_to_boxes_cxcywh
 from rvos.data.transforms import ClipTransform
 from rvos.errors import RVOSError
+from rvos.paths import check_component, file_problem, safe_join
 
 DATASETS = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 _SAFE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "str", "bytes",
@@ -143,11 +144,14 @@ class ReferringImageDataset(Dataset):
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise RVOSError(f"not a COCO annotation file ({type(e).__name__}: {e})", instances) from None
         self.image_dir = find_image_dir(self.root)
+        self.instances_path = instances
         self.items: list[tuple[dict, int]] = []
         for r in refs:
             if int(r["ann_id"]) not in self.annotations or int(r["image_id"]) not in self.images:
                 raise RVOSError(f"ref {r['ref_id']} names annotation {r['ann_id']} / image "
                                 f"{r['image_id']} missing from instances.json", refs_path)
+            check_component(self.images[int(r["image_id"])].get("file_name"),
+                            f"image {r['image_id']}: file_name", instances)
             for k, sentence in enumerate(r["sentences"]):
                 text = sentence.get("sent", sentence.get("raw", "")) if isinstance(sentence, dict) else str(sentence)
                 if text.strip():
@@ -169,9 +173,23 @@ class ReferringImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def image_path(self, image_id: int) -> Path:
+        """The image file of ``image_id`` (its checked ``file_name`` under the image folder)."""
+        return safe_join(self.image_dir, self.images[image_id]["file_name"],
+                         what="file_name", source=self.instances_path)
+
+    def verify(self) -> None:
+        """Check up front (``stat`` only) that the image of every sample is a non-empty file;
+        raises RVOSError naming the first bad one and how many there are."""
+        ids = dict.fromkeys(int(ref["image_id"]) for ref, _ in self.items)
+        bad = [(self.image_path(i), p) for i in ids if (p := file_problem(self.image_path(i)))]
+        if bad:
+            path, problem = bad[0]
+            raise RVOSError(f"{problem}; {len(bad)} of the COCO images the refs use are missing "
+                            f"or empty", path)
+
     def load_image(self, image_id: int) -> np.ndarray:
-        info = self.images[image_id]
-        path = self.image_dir / info["file_name"]
+        path = self.image_path(image_id)
         try:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"))

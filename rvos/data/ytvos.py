@@ -19,6 +19,7 @@ target is the union of the objects, ``anno_id`` accepted in its place), may be a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from rvos.data.batch import ClipMeta, ClipSample, masks_to_boxes_cxcywh
 from rvos.data.palette import read_label_png
 from rvos.data.transforms import ClipTransform
 from rvos.errors import RVOSError
+from rvos.paths import check_component, file_problem, safe_join
 
 
 @dataclass
@@ -86,6 +88,7 @@ def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
         raise RVOSError('expected an object with a "videos" mapping at the top level', path)
     videos: dict[str, VideoRecord] = {}
     for video in sorted(data["videos"]):
+        check_component(video, "video id", path)
         entry = data["videos"][video]
         if not isinstance(entry, dict):
             raise RVOSError(f"video {video!r}: expected an object", path)
@@ -96,12 +99,15 @@ def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
         if (not isinstance(frames, list) or not frames
                 or not all(isinstance(f, str) and f for f in frames)):
             raise RVOSError(f'video {video!r}: "frames" must be a non-empty list of frame names', path)
+        for frame in frames:
+            check_component(frame, f"video {video!r}: frame name", path)
         if not isinstance(entry["expressions"], dict):
             raise RVOSError(f'video {video!r}: "expressions" must be a mapping', path)
         expressions: dict[str, ExpressionRecord] = {}
         for exp_id in sorted(entry["expressions"], key=_sort_key):
             exp = entry["expressions"][exp_id]
             where = f"video {video!r} expression {exp_id!r}"
+            check_component(exp_id, f"video {video!r}: expression id", path)
             if not isinstance(exp, dict):
                 raise RVOSError(f"{where}: expected an object", path)
             if "exp" not in exp:
@@ -126,7 +132,7 @@ class RefYTVOSLayout:
 
     def __init__(self, root: str | Path, split: str):
         self.root = Path(root).expanduser()
-        self.split = split
+        self.split = check_component(split, "split name")
         self.split_dir = self.root / split
         candidates = [self.root / "meta_expressions" / split / "meta_expressions.json",
                       self.split_dir / "meta_expressions.json"]
@@ -170,10 +176,12 @@ class RefYTVOSLayout:
         return (self.split_dir / "Annotations").is_dir()
 
     def frame_path(self, video: str, frame: str) -> Path:
-        return self.split_dir / "JPEGImages" / video / f"{frame}.jpg"
+        return safe_join(self.split_dir / "JPEGImages", video, f"{frame}.jpg",
+                         what="video id or frame name", source=self.meta_expressions_path)
 
     def mask_path(self, video: str, frame: str) -> Path:
-        return self.split_dir / "Annotations" / video / f"{frame}.png"
+        return safe_join(self.split_dir / "Annotations", video, f"{frame}.png",
+                         what="video id or frame name", source=self.meta_expressions_path)
 
     def samples(self) -> list[tuple[str, str]]:
         """Every (video, exp_id) pair, videos sorted by name, expressions by id."""
@@ -239,20 +247,28 @@ class RefYTVOSLayout:
         frames = obj.get("frames") if obj else None
         return list(frames) if isinstance(frames, list) else None
 
-    def verify(self, check_masks: bool = True) -> None:
-        """Check that every listed frame (and mask, when the split has annotations) exists;
-        raises :class:`RVOSError` naming the first missing file and how many are missing."""
+    def verify(self, check_masks: bool = True, videos: Iterable[str] | None = None) -> None:
+        """Check up front that every listed frame (and mask, when the split has annotations)
+        of ``videos`` (default: all) is a non-empty file, so that a damaged dataset fails
+        before training starts rather than when the sample is drawn. Only ``stat`` is used
+        (fast on large splits; decoding errors still surface, naming the file, when read).
+        Raises :class:`RVOSError` naming the first bad file and how many there are."""
         check_masks = check_masks and self.has_annotations
-        missing = []
-        for video, rec in self.videos.items():
-            for frame in rec.frames:
-                if not self.frame_path(video, frame).is_file():
-                    missing.append(self.frame_path(video, frame))
-                if check_masks and not self.mask_path(video, frame).is_file():
-                    missing.append(self.mask_path(video, frame))
-        if missing:
-            raise RVOSError(f"{len(missing)} file(s) listed in {self.meta_expressions_path} "
-                            f"are missing, this one first", missing[0])
+        names = list(self.videos) if videos is None else list(dict.fromkeys(videos))
+        bad: list[tuple[Path, str]] = []
+        for video in names:
+            for frame in self.videos[video].frames:
+                paths = [self.frame_path(video, frame)]
+                if check_masks:
+                    paths.append(self.mask_path(video, frame))
+                for path in paths:
+                    problem = file_problem(path)
+                    if problem:
+                        bad.append((path, problem))
+        if bad:
+            path, problem = bad[0]
+            raise RVOSError(f"{problem}; {len(bad)} of the files listed in "
+                            f"{self.meta_expressions_path} are missing or empty", path)
 
 
 # --------------------------------------------------------------------------- clips

@@ -144,7 +144,8 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
                                         object_hit(labels, pred[:, k], expression.obj_ids, present)))
             if masks_out is not None:
                 write_expression_masks(Path(masks_out) / "Annotations", video, expression.exp_id,
-                                       record.frames, pred[:, k])
+                                       record.frames, pred[:, k],
+                                       source=layout.meta_expressions_path)
         bar.update(len(expressions))
     bar.close()
     return EvalResult(layout.split, rows)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from rvos.config import Config, save_config
 from rvos.data.transforms import swap_left_right
+from rvos.data.build import verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from rvos.engine.trainer import (MetricsLogger, plot_run_curves, seed_everything,
@@ -112,6 +113,7 @@ class GroundingTrainer:
         if not self.layout.has_annotations:
             raise RVOSError("the training split has no Annotations folder", self.layout.split_dir)
         self.layout.verify()
+        verify_validation_split(cfg)  # a damaged validation split fails now, not after a stage
         g = cfg.train.grounding
         self.cache_root = Path(g.cache_dir) if g.cache_dir else self.run_dir / "feature_cache"
         # optim.amp: the segmenter stage under bfloat16 autocast (no loss scaling needed;

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rvos.config import Config, save_config
 from rvos.data.batch import collate_clips
-from rvos.data.build import build_train_dataset
+from rvos.data.build import build_train_dataset, verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from rvos.engine.evaluator import evaluate_layout
@@ -109,6 +109,7 @@ class Trainer:
         self.model, self.criterion = build_model(cfg)
         self.model.to(self.device)
         self.dataset = build_train_dataset(cfg)
+        verify_validation_split(cfg)  # a damaged validation split fails now, not after an epoch
         if len(self.dataset) < cfg.optim.batch_size:
             raise RVOSError(f"training split has {len(self.dataset)} samples, fewer than one "
                             f"batch of {cfg.optim.batch_size}", cfg.data.root)

@@ -20,6 +20,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rvos.data.palette import read_label_png
 from rvos.errors import RVOSError
+from rvos.paths import check_component
 from rvos.metrics.davis import DEFAULT_BOUND_TH, jaccard_and_f, sequence_statistics
 
 VOID_LABEL = 255
@@ -92,7 +93,8 @@ def list_sequences(gt_root: str | Path, sequences_file: str | Path | None = None
         path = Path(sequences_file)
         if not path.is_file():
             raise RVOSError("sequence list not found", path)
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [check_component(line.strip(), "sequence name", path)
+                 for line in path.read_text().splitlines() if line.strip()]
         missing = [n for n in names if not (gt_root / n).is_dir()]
         if missing:
             raise RVOSError(f"no ground truth for sequences {missing[:10]}", gt_root)
@@ -257,7 +259,27 @@ def load_meta_expressions(path: str | Path) -> dict:
         raise RVOSError(f"not valid JSON ({e})", path) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
         raise RVOSError('expected {"videos": {video: {"frames": [...], "expressions": {...}}}}', path)
+    check_meta_names(meta["videos"], path)
     return meta["videos"]
+
+
+def check_meta_names(videos: dict, path: str | Path) -> None:
+    """Check that every video id, expression id and frame name of a meta_expressions
+    ``videos`` dict is one safe path component (they name prediction folders, files and zip
+    entries); a bad one is an RVOSError naming ``path``."""
+    for video, entry in videos.items():
+        check_component(video, "video id", path)
+        if not isinstance(entry, dict):
+            raise RVOSError(f"video {video!r}: expected an object", path)
+        frames = entry.get("frames", [])
+        expressions = entry.get("expressions", {})
+        if not isinstance(frames, list) or not isinstance(expressions, dict):
+            raise RVOSError(f'video {video!r}: "frames" must be a list and "expressions" a mapping',
+                            path)
+        for frame in frames:
+            check_component(frame, f"video {video!r}: frame name", path)
+        for exp_id in expressions:
+            check_component(exp_id, f"video {video!r}: expression id", path)
 
 
 def ref_davis_expression_sets(videos: dict) -> dict[str, list[tuple[int, str, int]]]:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from rvos.errors import RVOSError
 from rvos.metrics.davis_protocols import load_meta_expressions
+from rvos.paths import safe_join, safe_zip_entry
 
 ACCEPTED_MODES = ("P", "L", "1")  # single-channel PNGs; the server reads non-zero as foreground
 MAX_LISTED_PROBLEMS = 50
@@ -29,20 +30,24 @@ def annotations_dir(pred_root: str | Path) -> Path:
 
 
 def write_expression_masks(annotations: str | Path, video: str, exp_id: str, frame_names: list[str],
-                           masks: np.ndarray) -> None:
+                           masks: np.ndarray, source: str | Path | None = None) -> None:
     """Save (T, H, W) binary masks of one expression as ``<annotations>/<video>/<exp_id>/<frame>.png``.
 
     Files are single-channel 8-bit PNGs with 0 = background and 255 = object, byte for byte
     the format MTTR and ReferFormer submit (accepted by the server whether it reads
     non-zero, > 128 or == 255 as the object); written atomically (temp file + rename).
+    The video id, expression id and frame names must each be one path component (nothing is
+    written outside ``annotations``); ``source``, the file they came from, is named in the
+    RVOSError otherwise.
     """
     masks = np.asarray(masks)
     if masks.ndim != 3 or masks.shape[0] != len(frame_names):
         raise ValueError(f"masks must be (T, H, W) with T = {len(frame_names)} frames, got {masks.shape}")
-    folder = Path(annotations) / video / str(exp_id)
+    folder = safe_join(annotations, video, str(exp_id), what="video or expression id", source=source)
+    paths = [safe_join(folder, f"{name}.png", what="frame name", source=source)
+             for name in frame_names]
     folder.mkdir(parents=True, exist_ok=True)
-    for name, mask in zip(frame_names, masks):
-        path = folder / f"{name}.png"
+    for path, mask in zip(paths, masks):
         tmp = path.with_name(f".{path.name}.tmp")
         Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
         tmp.replace(path)
@@ -64,19 +69,19 @@ def validate_submission(annotations: str | Path, videos: dict,
         return [f"{annotations}: Annotations folder not found"]
     problems: list[str] = []
     for video, entry in videos.items():
-        video_dir = annotations / video
+        video_dir = safe_join(annotations, video, what="video id")
         if not video_dir.is_dir():
             problems.append(f"{video}: video folder missing")
             continue
         expected_size = None if frame_sizes is None else frame_sizes.get(video)
         seen_size = None
         for exp_id in entry.get("expressions", {}):
-            exp_dir = video_dir / str(exp_id)
+            exp_dir = safe_join(video_dir, str(exp_id), what="expression id")
             if not exp_dir.is_dir():
                 problems.append(f"{video}/{exp_id}: expression folder missing")
                 continue
             for frame in entry.get("frames", []):
-                path = exp_dir / f"{frame}.png"
+                path = safe_join(exp_dir, f"{frame}.png", what="frame name")
                 if not path.is_file():
                     problems.append(f"{video}/{exp_id}/{frame}.png: frame missing")
                     continue
@@ -128,13 +133,20 @@ def zip_submission(annotations: str | Path, zip_path: str | Path, meta_path: str
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = zip_path.with_name(f".{zip_path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for video, entry in videos.items():
-            for exp_id in entry.get("expressions", {}):
-                for frame in entry.get("frames", []):
-                    path = annotations / video / str(exp_id) / f"{frame}.png"
-                    zf.write(path, f"Annotations/{video}/{exp_id}/{frame}.png")
-    tmp.replace(zip_path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for video, entry in videos.items():
+                for exp_id in entry.get("expressions", {}):
+                    for frame in entry.get("frames", []):
+                        names = (video, str(exp_id), f"{frame}.png")
+                        what = "video, expression or frame name"
+                        path = safe_join(annotations, *names, what=what, source=meta_path)
+                        zf.write(path, safe_zip_entry("Annotations", *names, what=what,
+                                                      source=meta_path))
+        tmp.replace(zip_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return zip_path
 
 
