@@ -26,7 +26,11 @@ a hidden temporary file beside the target and renamed when closed, so an interru
 leaves a file that looks complete.
 
 Bad input (a missing path, an empty folder, a file FFmpeg cannot decode, a video with no
-frames, frames of different sizes) raises :class:`rvos.errors.RVOSError` naming the file.
+frames, frames of different sizes, an unreadable frame image) raises
+:class:`rvos.errors.RVOSError` naming the file. A video file that decodes to fewer frames
+than its container announces (a truncated or damaged file), or whose decoder reports errors
+(damaged frames it concealed or dropped), gives an :class:`IncompleteVideoWarning` naming
+the file once it has been read to the end: never a silently short or damaged result.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,12 +48,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+import av.logging
 import numpy as np
 from PIL import GifImagePlugin, Image
 
 from rvos.errors import RVOSError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Containers without a frame count give one from duration x rate; allow this much rounding.
+_ESTIMATE_SLACK = 0.02
+_MAX_LISTED_DECODER_ERRORS = 3
+
+
+class IncompleteVideoWarning(UserWarning):
+    """A video file decoded to fewer frames than its container announces, or its decoder
+    reported errors: the file is truncated or damaged and the result may be short."""
 # A folder of frames carries no frame rate; DAVIS was captured at 24 fps.
 DEFAULT_FRAME_FOLDER_FPS = 24.0
 
@@ -224,24 +239,84 @@ def _probe_file(path: Path) -> VideoInfo:
         container.close()
 
 
+def _expected_frames(container, stream) -> tuple[int, bool] | None:
+    """(frames the container announces, whether that is exact): the stream's frame count,
+    else duration x rate (WebM, MKV); None when the container says neither."""
+    if stream.frames > 0:
+        return int(stream.frames), True
+    fps = _stream_fps(stream)
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / av.time_base
+    else:
+        return None
+    return (int(round(duration * fps)), False) if fps > 0 and duration > 0 else None
+
+
+@contextmanager
+def _capture_decoder_errors(container, stream):
+    """Collect the error messages FFmpeg logs for this container's demuxer and decoder
+    (from any thread: decoding is threaded) while the block runs. FFmpeg conceals or drops
+    damaged frames and only logs it; these messages are how a damaged file is noticed."""
+    names = {stream.codec_context.name, container.format.name}
+    previous = av.logging.get_level()
+    if previous is None or previous < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    errors: list[str] = []
+    try:
+        with av.logging.Capture(local=False) as logs:
+            yield errors
+            errors.extend(message.strip() for level, name, message in logs
+                          if level <= av.logging.ERROR and name in names)
+    finally:
+        av.logging.set_level(previous)
+
+
+def _warn_if_incomplete(path: Path, decoded: int, expected: tuple[int, bool] | None,
+                        errors: list[str]) -> None:
+    """One :class:`IncompleteVideoWarning` when a video read to its end came out short or
+    with decoder errors."""
+    problems = []
+    if expected is not None:
+        count, exact = expected
+        slack = 0 if exact else max(1, int(_ESTIMATE_SLACK * count))
+        if decoded < count - slack:
+            how = "lists" if exact else "implies (duration x rate)"
+            problems.append(f"decoded {decoded} frames but its container {how} {count}: the file is "
+                            f"truncated or damaged, about {count - decoded} frames are missing")
+    if errors:
+        listed = "; ".join(errors[:_MAX_LISTED_DECODER_ERRORS])
+        problems.append(f"FFmpeg reported {len(errors)} decoding error(s) ({listed}): some frames "
+                        f"may be damaged or dropped")
+    if problems:
+        warnings.warn(f"{path}: " + "; ".join(problems), IncompleteVideoWarning, stacklevel=3)
+
+
 def _iter_file(path: Path, start: int, stop: int | None, step: int
                ) -> Iterator[tuple[str, np.ndarray]]:
     container, stream = _open_video(path)
     try:
+        expected = _expected_frames(container, stream)
         size = turns = None
         count = 0
-        for index, frame in enumerate(_decode(path, container, stream)):
-            if size is None:
-                size, turns = (frame.width, frame.height), _quarter_turns(frame)
-            count += 1
-            if stop is not None and index >= stop:
-                break
-            # Frames before `start` are decoded and dropped: exact, and cheap next to a model.
-            if index < start or (index - start) % step:
-                continue
-            yield f"{index:05d}", _to_rgb(frame, size[0], size[1], turns)
+        read_to_end = True
+        with _capture_decoder_errors(container, stream) as errors:
+            for index, frame in enumerate(_decode(path, container, stream)):
+                if size is None:
+                    size, turns = (frame.width, frame.height), _quarter_turns(frame)
+                count += 1
+                if stop is not None and index >= stop:
+                    read_to_end = False
+                    break
+                # Frames before `start` are decoded and dropped: exact, and cheap next to a model.
+                if index < start or (index - start) % step:
+                    continue
+                yield f"{index:05d}", _to_rgb(frame, size[0], size[1], turns)
         if count == 0:
             raise RVOSError("video has no frames", path)
+        if read_to_end:
+            _warn_if_incomplete(path, count, expected, errors)
     finally:
         container.close()
 

