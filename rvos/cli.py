@@ -62,10 +62,12 @@ def cmd_data_convert_davis(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from rvos.config import load_config
     from rvos.engine.trainer import Trainer
-    from rvos.outputs_dir import InPlaceOutput
+    from rvos.outputs_dir import InPlaceOutput, check_inputs_outside
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out or cfg.train.out_dir)
+    if args.resume is None:
+        check_inputs_outside(run_dir, {"config": args.config, "data.root": cfg.data.root})
     # A run folder is written in place (its checkpoints must survive a kill) and marked; a
     # run it replaces (--overwrite) is moved aside once the new run is set up, and removed
     # once the new run has its first checkpoint (restored if it fails before).
@@ -107,10 +109,13 @@ def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace, output) -> in
 
 # ----------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rvos.outputs_dir import staged_output
+    from rvos.outputs_dir import check_inputs_outside, staged_output
 
     out = Path(args.out)
     overwrite = getattr(args, "overwrite", False)
+    check_inputs_outside(out, {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in
+                               ("checkpoint", "data", "pred", "gt", "meta", "mask_dict",
+                                "frame_sizes", "sequences")})
     if args.benchmark:
         return _evaluate_benchmark(args, out, overwrite)
     if not args.checkpoint:
@@ -157,10 +162,13 @@ def _evaluate_benchmark(args: argparse.Namespace, out: Path, overwrite: bool) ->
 # ----------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     from rvos.inference import Predictor
+    from rvos.outputs_dir import check_fresh_output, check_inputs_outside
     from rvos.predict import segment_video
 
     if not Path(args.video).exists():
         raise RVOSError("video not found", args.video)
+    check_inputs_outside(args.out, {"--checkpoint": args.checkpoint, "--video": args.video})
+    check_fresh_output(args.out, args.overwrite, "predict")       # before loading the model
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
     summary = segment_video(predictor, args.video, args.text, args.out, args.threshold,
                             overwrite=args.overwrite, gif=not args.no_gif,

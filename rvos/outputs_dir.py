@@ -160,9 +160,10 @@ def check_output_kind(out: Path) -> None:
                         "of one; give the output a folder of its own", out)
 
 
-def check_output_folder(out: str | Path, overwrite: bool) -> None:
+def check_output_folder(out: str | Path, overwrite: bool, command: str | None = None) -> None:
     """Raise RVOSError unless ``out`` may receive a new output: absent or empty, or (with
-    ``overwrite``) a complete or abandoned folder rvos made."""
+    ``overwrite``) a complete or abandoned folder rvos made, by the same ``command`` when
+    one is given (``rvos predict --overwrite`` never replaces a training run)."""
     out = Path(out)
     check_output_kind(out)
     if not out.is_dir() or not _holds_files(out):
@@ -182,12 +183,30 @@ def check_output_folder(out: str | Path, overwrite: bool) -> None:
                             "choose another folder", out)
         raise RVOSError("already holds results; pass --overwrite to replace them or choose "
                         "another folder", out)
+    if command is not None and marker.get("command") != command:
+        raise RVOSError(f"holds the output of 'rvos {marker.get('command', '?')}', which 'rvos "
+                        f"{command} --overwrite' does not replace; choose another folder", out)
 
 
-def check_fresh_output(out: str | Path, overwrite: bool) -> None:
-    """Cleanup of leftovers, then :func:`check_output_folder` (kept for older callers)."""
+def check_inputs_outside(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Raise RVOSError if an input (``{"--checkpoint": path, ...}``) lies in the folder
+    ``out`` that would be replaced: replacing it would remove what is being read."""
+    out = Path(os.path.realpath(out))
+    for option, path in inputs.items():
+        if path is None or str(path) == "":
+            continue
+        real = Path(os.path.realpath(path))
+        if real == out or out in real.parents:
+            raise RVOSError(f"{option} {path} lies inside this output folder, which would be "
+                            "replaced; choose another output folder", out)
+
+
+def check_fresh_output(out: str | Path, overwrite: bool, command: str | None = None) -> None:
+    """Early check of an output folder before costly work: the leftovers of killed writes
+    handled, then :func:`check_output_folder`."""
+    check_output_kind(Path(out))
     cleanup_leftovers(out)
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite, command)
 
 
 # ----------------------------------------------------------------------------- removing
@@ -246,19 +265,28 @@ def cleanup_leftovers(out: str | Path) -> None:
             continue
         if entry.is_symlink() or not entry.is_dir():
             continue
-        if match["kind"] == "partial":
-            remove_ours(entry)
-            continue
-        if not is_marked(entry) and _holds_files(entry):
-            continue
-        marker = read_marker(out) or {}
-        replaced_by_it = marker.get("pid") == int(match["pid"]) and marker.get("state") == "writing"
-        if not out.exists() or (replaced_by_it and not _superseded(out) and not _alive(marker)):
-            if out.exists() and not remove_ours(out):
-                continue
-            _restore(entry, out)
-        else:
-            remove_ours(entry)
+        try:
+            _handle_leftover(entry, match["kind"], int(match["pid"]), out)
+        except OSError:
+            pass            # not ours to fix (permissions, a busy disk): left alone
+
+
+def _handle_leftover(entry: Path, kind: str, pid: int, out: Path) -> None:
+    if kind == "partial":
+        remove_ours(entry)
+        return
+    if not is_marked(entry) and _holds_files(entry):
+        return
+    if not out.exists() and not out.is_symlink():
+        _restore(entry, out)                    # killed between the two renames
+        return
+    marker = read_marker(out)
+    if marker is None or marker.get("pid") != pid:
+        return                                  # not the folder that replaced it: keep both
+    if _superseded(out):
+        remove_ours(entry)                      # the new output completed or started properly
+    elif remove_ours(out):
+        _restore(entry, out)                    # the new one never got going: the old is back
 
 
 # ----------------------------------------------------------------------------- errors
@@ -306,14 +334,14 @@ def staged_output(out: str | Path, overwrite: bool = False, command: str = "rvos
     out = Path(out)
     check_output_kind(out)
     cleanup_leftovers(out)
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite, command)
     _mkdir_parent(out)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     _new_folder(stage, command, state="writing")
     try:
         yield stage
         write_marker(stage, command, state="done")
-        check_output_folder(out, overwrite)     # nothing appeared there meanwhile
+        check_output_folder(out, overwrite, command)     # nothing appeared there meanwhile
         _swap_in(stage, out)
     except OSError as e:
         remove_ours(stage)
@@ -367,7 +395,7 @@ class InPlaceOutput:
                 raise RVOSError(f"is being written by another rvos process (pid "
                                 f"{marker.get('pid')}); wait for it", self.out)
         else:
-            check_output_folder(self.out, overwrite)
+            check_output_folder(self.out, overwrite, command)
 
     def __enter__(self) -> Path:
         out = self.out
@@ -390,7 +418,7 @@ class InPlaceOutput:
 
     def check_again(self) -> None:
         """The checks of the constructor, repeated just before writing."""
-        check_output_folder(self.out, self.overwrite)
+        check_output_folder(self.out, self.overwrite, self.command)
 
     def _move_aside(self) -> None:
         old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"

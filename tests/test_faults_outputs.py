@@ -256,6 +256,23 @@ def test_overwrite_replaces_a_folder_rvos_made(tmp_path, capsys, ckpt, video, ma
     assert leftovers(tmp_path) == []
 
 
+def test_overwrite_replaces_only_an_output_of_the_same_command(tmp_path, capsys, ckpt, video, made):
+    run_dir = copy_of(made, "eval", tmp_path)
+    before = snapshot(run_dir)
+    code, err = run([*predict_args(ckpt, video, run_dir), "--overwrite"], capsys)
+    assert code == 2 and "rvos evaluate" in err, err
+    assert snapshot(run_dir) == before
+
+
+def test_overwrite_refuses_an_output_folder_holding_an_input(tmp_path, capsys, ckpt, data, made):
+    out = copy_of(made, "eval", tmp_path)
+    inside = Path(shutil.copytree(ckpt.parent, out / "ck")) / ckpt.name
+    before = snapshot(out)
+    code, err = run([*evaluate_args(inside, data, out), "--overwrite"], capsys)
+    assert code == 2 and "--checkpoint" in err, err
+    assert snapshot(out) == before
+
+
 def test_evaluate_no_longer_replaces_results_silently(tmp_path, capsys, ckpt, data, made):
     out = copy_of(made, "eval", tmp_path)
     first = snapshot(out)
