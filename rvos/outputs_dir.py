@@ -130,7 +130,22 @@ def write_file_atomic(path: Path, text: str | bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every system can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -178,9 +193,10 @@ def check_output_folder(out: str | Path, overwrite: bool, command: str | None = 
                         "wait for it or choose another folder", out)
     if not overwrite:
         if marker.get("state") == "writing":
+            resume = " (or --resume to continue it)" if marker.get("command") == "train" else ""
             raise RVOSError(f"holds the unfinished output of an interrupted 'rvos "
-                            f"{marker.get('command', '?')}'; pass --overwrite to replace it or "
-                            "choose another folder", out)
+                            f"{marker.get('command', '?')}'; pass --overwrite to replace it{resume} "
+                            "or choose another folder", out)
         raise RVOSError("already holds results; pass --overwrite to replace them or choose "
                         "another folder", out)
     if command is not None and marker.get("command") != command:
@@ -240,10 +256,13 @@ def _restore(old: Path, out: Path) -> None:
     companions = old / COMPANIONS
     if companions.is_dir() and not companions.is_symlink():
         for item in companions.iterdir():
-            if not (out.parent / item.name).exists():
-                os.rename(item, out.parent / item.name)
-        companions.rmdir()
+            target = out.parent / item.name
+            if not target.exists() or (target.is_file() and not target.is_symlink()):
+                os.replace(item, target)        # a file of the abandoned new output: replaced
+        if not any(companions.iterdir()):
+            companions.rmdir()
     os.rename(old, out)
+    _fsync_dir(out.parent)
 
 
 def cleanup_leftovers(out: str | Path) -> None:
@@ -290,13 +309,15 @@ def _handle_leftover(entry: Path, kind: str, pid: int, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- errors
-def os_error(e: OSError, out: Path) -> RVOSError:
-    """An OSError while writing ``out`` as a one-line RVOSError naming the path."""
+def os_error(e: OSError, out: Path, outcome: str | None = None) -> RVOSError:
+    """An OSError while writing ``out`` as a one-line RVOSError naming the path; ``outcome``
+    says what became of ``out`` (default: not written, its earlier content kept)."""
     where = e.filename if e.filename else out
     reason = e.strerror or str(e)
     if e.errno == errno.ENOSPC:
         reason = "no space left on the device"
-    return RVOSError(f"could not write the output ({reason}); {out} was left as it was", where)
+    outcome = outcome or f"the output {out} was not written (what it held before is kept)"
+    return RVOSError(f"{reason}; {outcome}", where)
 
 
 def _mkdir_parent(out: Path) -> None:
@@ -356,6 +377,7 @@ def _swap_in(stage: Path, out: Path) -> None:
     aside first and removed after."""
     if not out.exists() or not _holds_files(out):
         os.rename(stage, out)               # replaces an empty folder atomically
+        _fsync_dir(out.parent)
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     remove_ours(old)
@@ -365,6 +387,7 @@ def _swap_in(stage: Path, out: Path) -> None:
     except BaseException:
         os.rename(old, out)
         raise
+    _fsync_dir(out.parent)
     remove_ours(old)
 
 
@@ -459,11 +482,13 @@ class InPlaceOutput:
                 raise os_error(e, self.out) from None
             self._drop_old()
             return False
+        outcome = f"{self.out} is kept, marked unfinished"
         if self.old is not None:
             if _superseded(self.out):
                 self._drop_old()
             else:
                 self._restore_old()
+                outcome = f"{self.out} holds its earlier output again"
         if isinstance(error, OSError):
-            raise os_error(error, self.out) from None
+            raise os_error(error, self.out, outcome) from None
         return False

@@ -283,6 +283,29 @@ def test_evaluate_no_longer_replaces_results_silently(tmp_path, capsys, ckpt, da
     assert list((out / "predictions").rglob("*.png")) and leftovers(tmp_path) == []
 
 
+def test_evaluate_benchmark_is_staged_and_never_replaces_a_zip(tmp_path, capsys):
+    from rvos.data.palette import write_label_png
+
+    meta = {"videos": {"v": {"frames": ["00000"], "expressions": {"0": {"exp": "a"}}}}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    write_label_png(tmp_path / "pred" / "Annotations" / "v" / "0" / "00000.png", np.ones((4, 4), np.uint8))
+    out = tmp_path / "scores"
+    argv = ["evaluate", "--benchmark", "ref-ytvos", "--pred", tmp_path / "pred", "--gt",
+            tmp_path / "meta.json", "--out", out]
+    assert run(argv, capsys)[0] == 0
+    assert (out / "submission.zip").is_file() and (out / MARKER).is_file()
+    first = snapshot(out)
+    code, err = run(argv, capsys)
+    assert code == 2 and "already holds results" in err and snapshot(out) == first
+    killed_run([*argv, "--overwrite"], at(os, "rename", 2))
+    assert not out.exists() or snapshot(out) == first
+    assert run([*argv, "--overwrite"], capsys)[0] == 0 and leftovers(tmp_path) == []
+    mine = tmp_path / "mine.zip"
+    mine.write_bytes(b"my own submission")
+    code, err = run([*argv[:-1], tmp_path / "other", "--zip", mine], capsys)
+    assert code == 2 and str(mine) in err and mine.read_bytes() == b"my own submission"
+
+
 def test_bench_does_not_remove_earlier_quality_results_unasked(tmp_path, capsys, monkeypatch):
     out = tmp_path / "results"
     (out / "quality").mkdir(parents=True)
