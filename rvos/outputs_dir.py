@@ -267,7 +267,7 @@ def _restore(old: Path, out: Path) -> None:
 
 def cleanup_leftovers(out: str | Path) -> None:
     """Handle what killed writes of ``out`` left beside it: remove dead processes'
-    ``.<name>.partial-<pid>`` folders; put a dead process's ``.<name>.old-<pid>`` back when
+    ``.<name>.partial-<pid>`` folders (and temporary files of that name); put a dead process's ``.<name>.old-<pid>`` back when
     its replacement never started properly, remove it otherwise. Only folders holding the
     marker (or empty) are touched; leftovers of live processes are left alone."""
     out = Path(os.path.abspath(out))
@@ -282,9 +282,12 @@ def cleanup_leftovers(out: str | Path) -> None:
         match = _LEFTOVER.match(entry.name)
         if not match or match["name"] != out.name or not _is_dead_pid(int(match["pid"])):
             continue
-        if entry.is_symlink() or not entry.is_dir():
-            continue
         try:
+            if match["kind"] == "partial" and entry.is_file() and not entry.is_symlink():
+                entry.unlink()          # the temporary file of a killed write_file_atomic
+                continue
+            if entry.is_symlink() or not entry.is_dir():
+                continue
             _handle_leftover(entry, match["kind"], int(match["pid"]), out)
         except OSError:
             pass            # not ours to fix (permissions, a busy disk): left alone

@@ -306,6 +306,34 @@ def test_evaluate_benchmark_is_staged_and_never_replaces_a_zip(tmp_path, capsys)
     assert code == 2 and str(mine) in err and mine.read_bytes() == b"my own submission"
 
 
+FAKE_SPEED = {"run": 0}
+
+
+def _fake_speed(device="auto"):
+    return {"device": device, "inference_360x640": {}, "training_128x128": {},
+            "run": FAKE_SPEED["run"]}
+
+
+def test_bench_speed_results_are_replaced_only_when_asked_and_whole(tmp_path, capsys, monkeypatch):
+    import rvos.bench
+
+    monkeypatch.setattr(rvos.bench, "speed_benchmark", _fake_speed)
+    out = tmp_path / "results"
+    argv = ["bench", "--what", "speed", "--out", out, "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    old = (out / "baseline_speed.json").read_text()
+    code, err = run(argv, capsys)
+    assert code == 2 and "baseline_speed.json" in err and "--overwrite" in err
+    monkeypatch.setitem(FAKE_SPEED, "run", 1)
+    killed_run([*argv, "--overwrite"], at(os, "replace", 1))       # the rename of the new file
+    assert (out / "baseline_speed.json").read_text() == old
+    stale = out / f".baseline_speed.json.partial-{dead_pid()}"
+    stale.write_text("{")
+    assert run([*argv, "--overwrite"], capsys)[0] == 0
+    assert json.loads((out / "baseline_speed.json").read_text())["run"] == 1
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "baseline_speed.json"]
+
+
 def test_bench_does_not_remove_earlier_quality_results_unasked(tmp_path, capsys, monkeypatch):
     out = tmp_path / "results"
     (out / "quality").mkdir(parents=True)
