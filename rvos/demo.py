@@ -8,6 +8,8 @@ Output folder layout (``demo_output/`` by default):
   eval/        metrics.json, per_expression.csv, results.txt
   video/       one test video encoded as MP4 (the predict command's input)
   predict/     masks/<k>/*.png, overlay.mp4, overlay.gif, expressions.json
+  demo_summary.json  written last: the demo completed
+  .rvos-output       the marker: rvos made this folder (and whether it is complete)
 """
 
 from __future__ import annotations
