@@ -303,7 +303,7 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     them: they are moved aside at the start and removed once the first new run is done
     (restored if the benchmark stops before)."""
     from rvos.demo import DEMO_CONFIG
-    from rvos.outputs_dir import InPlaceOutput, write_file_atomic
+    from rvos.outputs_dir import InPlaceOutput, results_folder, write_file_atomic
 
     configs = [Path(c) for c in (configs or [DEMO_CONFIG])]
     seeds = [int(s) for s in seeds]
@@ -324,7 +324,7 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     print(f"quality benchmark: {len(configs)} config(s) x {len(seeds)} seed(s), "
           f"{budget_s:.0f} s training each (about {len(configs) * len(seeds) * budget_s / 60:.0f} min "
           f"of training, plus data and evaluation)", flush=True)
-    results_folder(out, ["quality", "quality.json", "quality.png"], overwrite)
+    results_folder(out, ["quality", "quality.json", "quality.png"], overwrite, "bench")
     output = InPlaceOutput(root, "bench quality", overwrite=overwrite,
                            started_when="*/seed*/summary.json",
                            companions=("quality.json", "quality.png"))
@@ -397,45 +397,13 @@ def format_quality_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def results_folder(out: Path, names: list[str], overwrite: bool) -> Path:
-    """Check, before anything runs, that the results ``names`` may be written into ``out``,
-    and create ``out`` (marked as an rvos output) if it is missing. Existing results are
-    replaced only with ``overwrite`` and only in a folder rvos made; nothing is removed
-    otherwise."""
-    from rvos.outputs_dir import check_output_kind, cleanup_leftovers, is_marked, write_marker
-
-    out = Path(out)
-    check_output_kind(out)
-    for name in names:
-        cleanup_leftovers(out / name)       # e.g. put back what a killed --overwrite moved aside
-    existing = [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
-    if existing and not overwrite:
-        raise RVOSError("already exists; pass --overwrite to replace these results or choose "
-                        "another --out", existing[0])
-    if existing and not is_marked(out):
-        raise RVOSError("holds results that rvos did not write (no .rvos-output marker in the "
-                        "folder), so they are never replaced, not even with --overwrite; choose "
-                        "another --out", out)
-    for path in existing:
-        if path.is_symlink() or (path.is_dir() and not is_marked(path)):
-            raise RVOSError("was not made by rvos (a link, or no .rvos-output marker), so it is "
-                            "never replaced; remove it yourself or choose another --out", path)
-    try:
-        if not out.is_dir():
-            out.mkdir(parents=True)
-            write_marker(out, "bench", state="done")
-    except OSError as e:
-        raise RVOSError(f"cannot create the results folder ({e.strerror})", e.filename or out) from None
-    return out
-
-
 def run_baseline_benchmarks(args) -> None:
-    from rvos.outputs_dir import os_error, write_file_atomic
+    from rvos.outputs_dir import os_error, results_folder, write_file_atomic
 
     overwrite = bool(getattr(args, "overwrite", False))
     names = (["baseline_speed.json"] if "speed" in args.what else []) + (
         ["quality", "quality.json", "quality.png"] if "quality" in args.what else [])
-    out = results_folder(Path(args.out), names, overwrite)
+    out = results_folder(Path(args.out), names, overwrite, "bench")
     if "speed" in args.what:
         result = speed_benchmark(args.device)
         try:

@@ -128,6 +128,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # staged: earlier results are replaced only as a whole (--overwrite), and a killed run
     # leaves them untouched, never new masks beside old metrics
+    own = {"metrics.json", "per_expression.csv", "results.txt", "predictions", ".rvos-output"}
+    others = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if overwrite and others and not out.is_symlink():
+        raise RVOSError(f"also holds other results ({', '.join(others[:3])}), which --overwrite "
+                        "would remove; choose another --out", out)
     with staged_output(out, overwrite, "evaluate") as stage:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
         cfg = load_checkpoint(args.checkpoint).config
@@ -145,17 +150,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_benchmark(args: argparse.Namespace, out: Path, overwrite: bool) -> int:
-    """--benchmark: the scores are written into a staged folder renamed to ``out`` at the end;
-    an explicit --zip never replaces an existing file."""
+    """--benchmark: ``<out>/<benchmark>.json`` (+ its CSV, Ref-YouTube-VOS's submission.zip)
+    share ``out`` with other benchmarks' results; they are staged and moved in at the end,
+    replacing this benchmark's earlier results only with --overwrite. An explicit --zip
+    never replaces an existing file."""
     from rvos.metrics.cli import run_benchmark
-    from rvos.outputs_dir import staged_output
+    from rvos.outputs_dir import staged_results
 
+    benchmark = args.benchmark
     if getattr(args, "zip", None) and (Path(args.zip).exists() or Path(args.zip).is_symlink()):
         raise RVOSError("already exists; rvos does not replace files it did not put in its own "
                         "output folder: choose another --zip name or remove it", args.zip)
-    with staged_output(out, overwrite, "evaluate") as stage:
+
+    def owned(name: str) -> bool:
+        return (name == f"{benchmark}.json" or (name.startswith(f"{benchmark}_") and name.endswith(".csv"))
+                or (benchmark == "ref-ytvos" and not args.zip and name == "submission.zip"))
+
+    with staged_results(out, benchmark, owned, f"{benchmark}.json", overwrite, "evaluate") as stage:
         code = run_benchmark(argparse.Namespace(**{**vars(args), "out": str(stage)}))
-    print(f"results moved into place: {out}")
+    print(f"results moved into {out}")
     return code
 
 

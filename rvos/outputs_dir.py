@@ -11,6 +11,9 @@ Two ways of writing:
 * :func:`staged_output` (predict, evaluate, data synth, a demo's parts): everything is
   written into a hidden sibling ``.<name>.partial-<pid>`` and renamed into place when
   complete, so ``<name>`` is always either the previous complete output or the new one.
+* :func:`staged_results` (``evaluate --benchmark``, whose ``<benchmark>.json`` files share
+  one folder): written into a hidden folder inside it, then moved in file by file, the
+  file that says "complete" removed first and put last.
 * :class:`InPlaceOutput` (a training run, the demo, the quality benchmark): long runs whose
   partial results (checkpoints) must survive a kill are written in place, in a folder whose
   marker says "writing" until they end. A folder being replaced is first moved aside to
@@ -170,6 +173,9 @@ def check_output_kind(out: Path) -> None:
                         "(give the folder it points to)", out)
     if out.exists() and not out.is_dir():
         raise RVOSError("exists and is not a folder; choose a new folder name for the output", out)
+    existing = next((p for p in Path(os.path.abspath(out)).parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise RVOSError("is a file, not a folder; the output cannot go inside it", existing)
     if _protected(out):
         raise RVOSError("is the working directory, the home or repository folder, or a parent "
                         "of one; give the output a folder of its own", out)
@@ -392,6 +398,72 @@ def _swap_in(stage: Path, out: Path) -> None:
         raise
     _fsync_dir(out.parent)
     remove_ours(old)
+
+
+# ----------------------------------------------------------------------------- shared folders
+def results_folder(out: str | Path, names: list[str], overwrite: bool, command: str) -> Path:
+    """A folder that collects several commands' results (``bench``'s, ``evaluate
+    --benchmark``'s): check, before anything runs, that the results ``names`` may be written
+    into ``out``, and create ``out`` (marked) if it is missing. Existing results are replaced
+    only with ``overwrite`` and only in a folder rvos made; nothing is removed otherwise."""
+    out = Path(out)
+    check_output_kind(out)
+    for name in names:
+        cleanup_leftovers(out / name)       # e.g. put back what a killed --overwrite moved aside
+    existing = [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
+    if existing and not overwrite:
+        raise RVOSError("already exists; pass --overwrite to replace these results or choose "
+                        "another --out", existing[0])
+    if existing and not is_marked(out):
+        raise RVOSError(f"holds results that rvos did not write (no {MARKER} marker in the "
+                        "folder), so they are never replaced, not even with --overwrite; choose "
+                        "another --out", out)
+    for path in existing:
+        if path.is_symlink() or (path.is_dir() and not is_marked(path)):
+            raise RVOSError(f"was not made by rvos (a link, or no {MARKER} marker), so it is "
+                            "never replaced; remove it yourself or choose another --out", path)
+    if not out.is_dir():
+        _mkdir_parent(out)
+        try:
+            out.mkdir()
+            write_marker(out, command, state="done")
+        except OSError as e:
+            raise RVOSError(f"cannot create the results folder ({e.strerror})", e.filename or out) from None
+    return out
+
+
+@contextmanager
+def staged_results(out: str | Path, tag: str, owned, complete: str, overwrite: bool, command: str):
+    """Yield a hidden staging folder inside the shared results folder ``out``; when the
+    block ends normally its files replace the results of ``out`` whose names ``owned(name)``
+    accepts (those it did not rewrite are removed): ``complete``, the file that says the
+    results are there, is removed first and moved in last, so a kill leaves either the old
+    results or no ``complete`` file. Existing results need ``overwrite`` (see
+    :func:`results_folder`); ``tag`` names the staging folder ``.<tag>.partial-<pid>``."""
+    out = Path(out)
+    existing = sorted(p.name for p in out.iterdir() if owned(p.name)) if out.is_dir() else []
+    cleanup_leftovers(out / tag)
+    results_folder(out, existing, overwrite, command)
+    stage = out / f".{tag}.partial-{os.getpid()}"
+    _new_folder(stage, command, state="writing")
+    try:
+        yield stage
+        written = sorted(p.name for p in stage.iterdir() if p.name != MARKER and owned(p.name))
+        if complete in existing:
+            os.unlink(out / complete)
+        for name in [n for n in written if n != complete] + [n for n in written if n == complete]:
+            os.replace(stage / name, out / name)
+        for name in existing:
+            if name not in written and (out / name).is_file():
+                os.unlink(out / name)
+        _fsync_dir(out)
+        remove_ours(stage)
+    except OSError as e:
+        remove_ours(stage)
+        raise os_error(e, out, f"the results in {out} were not replaced") from None
+    except BaseException:
+        remove_ours(stage)
+        raise
 
 
 # ----------------------------------------------------------------------------- in place

@@ -283,26 +283,52 @@ def test_evaluate_no_longer_replaces_results_silently(tmp_path, capsys, ckpt, da
     assert list((out / "predictions").rglob("*.png")) and leftovers(tmp_path) == []
 
 
-def test_evaluate_benchmark_is_staged_and_never_replaces_a_zip(tmp_path, capsys):
+def kill_while_moving_in():
+    """SIGKILL at the first os.replace after an os.unlink: staged results are being moved in
+    (the old "complete" file is removed first)."""
+    real_unlink, real_replace = os.unlink, os.replace
+    unlinked = []
+
+    def unlink(*args, **kwargs):
+        unlinked.append(args)
+        return real_unlink(*args, **kwargs)
+
+    def replace(*args, **kwargs):
+        if unlinked:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(*args, **kwargs)
+
+    os.unlink, os.replace = unlink, replace
+
+
+def test_evaluate_benchmark_results_share_a_folder_and_are_replaced_whole(tmp_path, capsys):
     from rvos.data.palette import write_label_png
 
     meta = {"videos": {"v": {"frames": ["00000"], "expressions": {"0": {"exp": "a"}}}}}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     write_label_png(tmp_path / "pred" / "Annotations" / "v" / "0" / "00000.png", np.ones((4, 4), np.uint8))
+    for seq in ("s1", "s2"):
+        for t in range(3):
+            write_label_png(tmp_path / "gt" / seq / f"{t:05d}.png", np.eye(6, dtype=np.uint8))
+            write_label_png(tmp_path / "dpred" / seq / f"{t:05d}.png", np.eye(6, dtype=np.uint8))
     out = tmp_path / "scores"
-    argv = ["evaluate", "--benchmark", "ref-ytvos", "--pred", tmp_path / "pred", "--gt",
-            tmp_path / "meta.json", "--out", out]
-    assert run(argv, capsys)[0] == 0
-    assert (out / "submission.zip").is_file() and (out / MARKER).is_file()
+    ytvos = ["evaluate", "--benchmark", "ref-ytvos", "--pred", tmp_path / "pred", "--gt",
+             tmp_path / "meta.json", "--out", out]
+    davis = ["evaluate", "--benchmark", "davis-semi", "--pred", tmp_path / "dpred", "--gt",
+             tmp_path / "gt", "--out", out]
+    assert run(ytvos, capsys)[0] == 0 and run(davis, capsys)[0] == 0    # one folder, two benchmarks
+    assert {"ref-ytvos.json", "submission.zip", "davis-semi.json", MARKER} <= {p.name for p in out.iterdir()}
     first = snapshot(out)
-    code, err = run(argv, capsys)
-    assert code == 2 and "already holds results" in err and snapshot(out) == first
-    killed_run([*argv, "--overwrite"], at(os, "rename", 2))
-    assert not out.exists() or snapshot(out) == first
-    assert run([*argv, "--overwrite"], capsys)[0] == 0 and leftovers(tmp_path) == []
+    code, err = run(ytvos, capsys)
+    assert code == 2 and "ref-ytvos.json" in err and snapshot(out) == first
+    killed_run([*ytvos, "--overwrite"], kill_while_moving_in)
+    assert (out / "davis-semi.json").read_bytes() == first["davis-semi.json"]
+    assert not (out / "ref-ytvos.json").exists()          # nothing that looks complete
+    assert run([*ytvos, "--overwrite"], capsys)[0] == 0 and leftovers(out) == []
+    assert (out / "ref-ytvos.json").is_file() and (out / "davis-semi.json").is_file()
     mine = tmp_path / "mine.zip"
     mine.write_bytes(b"my own submission")
-    code, err = run([*argv[:-1], tmp_path / "other", "--zip", mine], capsys)
+    code, err = run([*ytvos[:-1], tmp_path / "other", "--zip", mine], capsys)
     assert code == 2 and str(mine) in err and mine.read_bytes() == b"my own submission"
 
 
