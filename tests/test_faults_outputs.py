@@ -167,7 +167,7 @@ def killed_run(argv, *patches) -> None:
     if pid == 0:                                   # the child: never returns into pytest
         code = 98
         try:
-            torch.set_num_threads(1)
+            torch.set_num_threads(1)     # no OpenMP pool after fork (it would hang)
             for patch in patches:
                 patch()
             code = 100 + main([str(a) for a in argv])
