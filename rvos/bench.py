@@ -285,7 +285,7 @@ def machine_info(device: str = "auto") -> dict:
 
 def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: list[Path] | None = None,
                       progress: bool = False, seeds: list[int] | tuple[int, ...] = QUALITY_SEEDS,
-                      device: str = "auto", error: str = "minmax") -> dict:
+                      device: str = "auto", error: str = "minmax", overwrite: bool = False) -> dict:
     """The standard comparison: the demo pipeline (data, time budget) for each config once
     per training seed (``train.seed=k``) on ONE shared synthetic benchmark, scored per
     expression type on test and test_compositional.
@@ -296,10 +296,14 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     ``<out>/quality.png`` (``plot_quality``). Returns what quality.json holds: budget_s,
     seeds, configs ({stem: path}), data_s, synthetic, machine, runs (every run's summary of
     ``train_evaluate_predict`` with ``config`` = the stem, ``config_path`` and ``seed``),
-    aggregate (``aggregate_runs``), total_s, complete, and the paths json and png."""
-    import shutil
+    aggregate (``aggregate_runs``), total_s, complete, and the paths json and png.
 
-    from rvos.demo import DEMO_CONFIG, DEMO_SYNTH, generate_demo_data, train_evaluate_predict
+    ``<out>/quality`` is written in place and marked; earlier quality results (the folder,
+    quality.json, quality.png) are replaced only with ``overwrite`` and only if rvos made
+    them: they are moved aside at the start and removed once the first new run is done
+    (restored if the benchmark stops before)."""
+    from rvos.demo import DEMO_CONFIG
+    from rvos.outputs_dir import InPlaceOutput, results_folder, write_file_atomic
 
     configs = [Path(c) for c in (configs or [DEMO_CONFIG])]
     seeds = [int(s) for s in seeds]
@@ -320,8 +324,30 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     print(f"quality benchmark: {len(configs)} config(s) x {len(seeds)} seed(s), "
           f"{budget_s:.0f} s training each (about {len(configs) * len(seeds) * budget_s / 60:.0f} min "
           f"of training, plus data and evaluation)", flush=True)
-    if root.exists():
-        shutil.rmtree(root)
+    results_folder(out, ["quality", "quality.json", "quality.png"], overwrite, "bench")
+    output = InPlaceOutput(root, "bench quality", overwrite=overwrite,
+                           started_when="*/seed*/summary.json",
+                           companions=("quality.json", "quality.png"))
+    with output:
+        result, start = _quality_runs(out, root, configs, seeds, budget_s, progress, device, output)
+        result["complete"] = True
+        result["total_s"] = time.monotonic() - start
+        write_file_atomic(json_path, json.dumps(result, indent=1))
+        plot_quality(result["aggregate"], png_path, error,
+                     title=f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), "
+                           f"{budget_s:.0f} s budget each; error bars "
+                           f"{'min..max' if error == 'minmax' else '± std'}")
+    return result
+
+
+def _quality_runs(out: Path, root: Path, configs: list[Path], seeds: list[int], budget_s: float,
+                  progress: bool, device: str, output) -> tuple[dict, float]:
+    """The data and every (seed, config) run of :func:`quality_benchmark` into ``root``;
+    quality.json after every run. Returns the result and its start (time.monotonic)."""
+    from rvos.demo import DEMO_SYNTH, generate_demo_data, train_evaluate_predict
+    from rvos.outputs_dir import write_file_atomic
+
+    json_path, png_path = out / "quality.json", out / "quality.png"
     start = time.monotonic()
     data_s = generate_demo_data(root / "data", progress)
     result = {"budget_s": budget_s, "seeds": seeds,
@@ -337,21 +363,15 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
             summary = train_evaluate_predict(run_dir, root / "data", config, budget_s, progress,
                                              [f"train.seed={seed}", *overrides_device])
             run = {**summary, "config": config.stem, "config_path": summary["config"], "seed": seed}
-            (run_dir / "summary.json").write_text(json.dumps(run, indent=1))
+            write_file_atomic(run_dir / "summary.json", json.dumps(run, indent=1))
             result["runs"].append(run)
             result["aggregate"] = aggregate_runs(result["runs"])
             result["total_s"] = time.monotonic() - start
-            json_path.write_text(json.dumps(result, indent=1))
+            write_file_atomic(json_path, json.dumps(result, indent=1))
+            output.started()            # the earlier results are no longer needed
         print(format_quality_table({"budget_s": budget_s, "runs": {
             r["config"]: r for r in result["runs"] if r["seed"] == seed}}))
-    result["complete"] = True
-    result["total_s"] = time.monotonic() - start
-    json_path.write_text(json.dumps(result, indent=1))
-    plot_quality(result["aggregate"], png_path, error,
-                 title=f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), "
-                       f"{budget_s:.0f} s budget each; error bars "
-                       f"{'min..max' if error == 'minmax' else '± std'}")
-    return result
+    return result, start
 
 
 def format_quality_table(result: dict) -> str:
@@ -378,16 +398,24 @@ def format_quality_table(result: dict) -> str:
 
 
 def run_baseline_benchmarks(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from rvos.outputs_dir import os_error, results_folder, write_file_atomic
+
+    overwrite = bool(getattr(args, "overwrite", False))
+    names = (["baseline_speed.json"] if "speed" in args.what else []) + (
+        ["quality", "quality.json", "quality.png"] if "quality" in args.what else [])
+    out = results_folder(Path(args.out), names, overwrite, "bench")
     if "speed" in args.what:
         result = speed_benchmark(args.device)
-        (out / "baseline_speed.json").write_text(json.dumps(result, indent=1))
+        try:
+            write_file_atomic(out / "baseline_speed.json", json.dumps(result, indent=1))
+        except OSError as e:
+            raise os_error(e, out / "baseline_speed.json") from None
         print(f"wrote {out / 'baseline_speed.json'}")
     if "quality" in args.what:
         configs = [Path(c) for c in args.config] if args.config else None
         result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet,
-                                   seeds=args.seeds, device=args.device, error=args.error_bars)
+                                   seeds=args.seeds, device=args.device, error=args.error_bars,
+                                   overwrite=overwrite)
         print()
         print(format_quality_aggregate(result["aggregate"]))
         print(f"training budget {result['budget_s']:.0f} s per run; total {result['total_s'] / 60:.1f} min")

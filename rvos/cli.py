@@ -7,7 +7,6 @@ status 2, instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -63,29 +62,33 @@ def cmd_data_convert_davis(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from rvos.config import load_config
     from rvos.engine.trainer import Trainer
-    from rvos.outputs_dir import check_fresh_output
+    from rvos.outputs_dir import InPlaceOutput, check_inputs_outside
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out or cfg.train.out_dir)
     if args.resume is None:
-        check_fresh_output(run_dir, args.overwrite)
-        if run_dir.is_dir():           # --overwrite: start from an empty run folder
-            shutil.rmtree(run_dir)
+        check_inputs_outside(run_dir, {"config": args.config, "data.root": cfg.data.root})
+    # A run folder is written in place (its checkpoints must survive a kill) and marked; a
+    # run it replaces (--overwrite) is moved aside once the new run is set up, and removed
+    # once the new run has its first checkpoint (restored if it fails before).
+    output = InPlaceOutput(run_dir, "train", overwrite=args.overwrite,
+                           resume=args.resume is not None, started_when="checkpoints/last*")
     if cfg.model.kind == "grounding":
-        return _train_grounding(cfg, run_dir, args)
+        return _train_grounding(cfg, run_dir, args, output)
     trainer = Trainer(cfg, run_dir, progress=not args.quiet)
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed from step {trainer.state.global_step} (epoch {trainer.state.epoch + 1}, "
               f"batch {trainer.state.micro_step})")
-    state = trainer.fit(stop_after_steps=args.stop_after_steps)
+    with output:
+        state = trainer.fit(stop_after_steps=args.stop_after_steps)
     done = state.epoch >= cfg.train.epochs
     print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
           f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
     return 0
 
 
-def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace) -> int:
+def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace, output) -> int:
     """The track-grounding model trains in stages on cached features (its own trainer)."""
     from rvos.engine.grounding_trainer import STAGES, GroundingTrainer
 
@@ -96,7 +99,8 @@ def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace) -> int:
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed after the stages {trainer.state.done or 'none'}")
-    state = trainer.fit()
+    with output:
+        state = trainer.fit()
     done = all(s in state.done for s in STAGES)
     print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
           f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
@@ -105,42 +109,79 @@ def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.benchmark:
-        from rvos.metrics.cli import run_benchmark
+    from rvos.outputs_dir import check_inputs_outside, staged_output
 
-        return run_benchmark(args)
+    out = Path(args.out)
+    overwrite = getattr(args, "overwrite", False)
+    check_inputs_outside(out, {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in
+                               ("checkpoint", "data", "pred", "gt", "meta", "mask_dict",
+                                "frame_sizes", "sequences")})
+    if args.benchmark:
+        return _evaluate_benchmark(args, out, overwrite)
     if not args.checkpoint:
         raise RVOSError("rvos evaluate needs --checkpoint (score a model) or --benchmark "
                         "(score prediction folders)")
     from rvos.data.ytvos import RefYTVOSLayout
+    from rvos.engine.checkpoint import load_checkpoint
     from rvos.engine.evaluator import evaluate_layout, format_table, write_results
     from rvos.inference import Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
-    from rvos.engine.checkpoint import load_checkpoint
-
-    cfg = load_checkpoint(args.checkpoint).config
-    root = Path(args.data or cfg.data.root)
-    out = Path(args.out)
-    results = []
-    for split in args.split:
-        layout = RefYTVOSLayout(root, split)
-        masks_out = out / "predictions" / split if args.save_masks else None
-        results.append(evaluate_layout(predictor, layout, args.threshold, args.max_samples,
-                                       masks_out, progress=not args.quiet))
-    paths = write_results(results, out)
+    # staged: earlier results are replaced only as a whole (--overwrite), and a killed run
+    # leaves them untouched, never new masks beside old metrics
+    own = {"metrics.json", "per_expression.csv", "results.txt", "predictions", ".rvos-output"}
+    others = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if overwrite and others and not out.is_symlink():
+        raise RVOSError(f"also holds other results ({', '.join(others[:3])}), which --overwrite "
+                        "would remove; choose another --out", out)
+    with staged_output(out, overwrite, "evaluate") as stage:
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+        cfg = load_checkpoint(args.checkpoint).config
+        root = Path(args.data or cfg.data.root)
+        results = []
+        for split in args.split:
+            layout = RefYTVOSLayout(root, split)
+            masks_out = stage / "predictions" / split if args.save_masks else None
+            results.append(evaluate_layout(predictor, layout, args.threshold, args.max_samples,
+                                           masks_out, progress=not args.quiet))
+        paths = write_results(results, stage)
     print(format_table([r.summary() for r in results]))
-    print(f"metrics: {paths['json']}  per expression: {paths['csv']}")
+    print(f"metrics: {out / paths['json'].name}  per expression: {out / paths['csv'].name}")
     return 0
+
+
+def _evaluate_benchmark(args: argparse.Namespace, out: Path, overwrite: bool) -> int:
+    """--benchmark: ``<out>/<benchmark>.json`` (+ its CSV, Ref-YouTube-VOS's submission.zip)
+    share ``out`` with other benchmarks' results; they are staged and moved in at the end,
+    replacing this benchmark's earlier results only with --overwrite. An explicit --zip
+    never replaces an existing file."""
+    from rvos.metrics.cli import run_benchmark
+    from rvos.outputs_dir import staged_results
+
+    benchmark = args.benchmark
+    if getattr(args, "zip", None) and (Path(args.zip).exists() or Path(args.zip).is_symlink()):
+        raise RVOSError("already exists; rvos does not replace files it did not put in its own "
+                        "output folder: choose another --zip name or remove it", args.zip)
+
+    def owned(name: str) -> bool:
+        return (name == f"{benchmark}.json" or (name.startswith(f"{benchmark}_") and name.endswith(".csv"))
+                or (benchmark == "ref-ytvos" and not args.zip and name == "submission.zip"))
+
+    with staged_results(out, benchmark, owned, f"{benchmark}.json", overwrite, "evaluate") as stage:
+        code = run_benchmark(argparse.Namespace(**{**vars(args), "out": str(stage)}))
+    print(f"results moved into {out}")
+    return code
 
 
 # ----------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     from rvos.inference import Predictor
+    from rvos.outputs_dir import check_fresh_output, check_inputs_outside
     from rvos.predict import segment_video
 
     if not Path(args.video).exists():
         raise RVOSError("video not found", args.video)
+    check_inputs_outside(args.out, {"--checkpoint": args.checkpoint, "--video": args.video})
+    check_fresh_output(args.out, args.overwrite, "predict")       # before loading the model
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
     summary = segment_video(predictor, args.video, args.text, args.out, args.threshold,
                             overwrite=args.overwrite, gif=not args.no_gif,
@@ -222,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-samples", type=int, default=0, help="score only the first N expressions")
     ev.add_argument("--save-masks", action="store_true", help="also write predicted masks")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier output folder of rvos evaluate")
     try:
         from rvos.metrics.cli import add_benchmark_arguments
 
@@ -270,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--error-bars", choices=["minmax", "std"], default="minmax",
                     help="quality: error bars of quality.png, min..max over seeds or ± std "
                          "(default: minmax)")
+    be.add_argument("--overwrite", action="store_true",
+                    help="replace earlier results of the same benchmark in --out")
     be.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", parents=[common],

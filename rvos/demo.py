@@ -8,18 +8,19 @@ Output folder layout (``demo_output/`` by default):
   eval/        metrics.json, per_expression.csv, results.txt
   video/       one test video encoded as MP4 (the predict command's input)
   predict/     masks/<k>/*.png, overlay.mp4, overlay.gif, expressions.json
+  demo_summary.json  written last: the demo completed
+  .rvos-output       the marker: rvos made this folder (and whether it is complete)
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from rvos.config import Config, load_config
 from rvos.errors import RVOSError
-from rvos.outputs_dir import check_fresh_output
+from rvos.outputs_dir import InPlaceOutput, staged_output, write_file_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "grounding_synth.yaml"
@@ -76,14 +77,16 @@ def generate_demo_data(root: Path, progress: bool = True) -> float:
 
 def run_demo(out: Path, budget_s: float = DEMO_BUDGET_S, overwrite: bool = False,
              progress: bool = True) -> int:
-    check_fresh_output(out, overwrite)
-    if out.exists():
-        shutil.rmtree(out)
-    print("[1/4] generating the synthetic benchmark ...", flush=True)
-    data_s = generate_demo_data(out / "data", progress)
-    summary = train_evaluate_predict(out, out / "data", DEMO_CONFIG, budget_s, progress)
-    summary["timings"] = {"data_s": data_s, **summary["timings"]}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    """The main job into ``out``. The folder is written in place (its run's configs and
+    checkpoints name the data by its final path) and marked unfinished until
+    ``demo_summary.json``, written last, is there; a folder it replaces (--overwrite) comes
+    back if the new demo does not complete."""
+    with InPlaceOutput(out, "demo", overwrite=overwrite):
+        print("[1/4] generating the synthetic benchmark ...", flush=True)
+        data_s = generate_demo_data(out / "data", progress)
+        summary = train_evaluate_predict(out, out / "data", DEMO_CONFIG, budget_s, progress)
+        summary["timings"] = {"data_s": data_s, **summary["timings"]}
+        write_file_atomic(out / "demo_summary.json", json.dumps(summary, indent=1))
     _print_report(out, summary)
     return 0
 
@@ -116,14 +119,18 @@ def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget
     results = [evaluate_layout(predictor, RefYTVOSLayout(data_root, split),
                                cfg.eval.threshold, progress=progress)
                for split in ("test", "test_compositional")]
-    paths = write_results(results, out / "eval")
+    with staged_output(out / "eval", command="evaluate") as stage:
+        write_results(results, stage)
+    paths = {"json": out / "eval" / "metrics.json", "csv": out / "eval" / "per_expression.csv"}
     timings["eval_s"] = time.monotonic() - t
 
     t = time.monotonic()
     test = RefYTVOSLayout(data_root, "test")
     video = sorted(test.videos)[0]
     texts = [e.text for e in test.videos[video].expressions.values()]
-    mp4 = encode_frames_as_mp4(data_root / "test" / "JPEGImages" / video, out / "video" / f"{video}.mp4")
+    with staged_output(out / "video", command="demo") as stage:
+        encode_frames_as_mp4(data_root / "test" / "JPEGImages" / video, stage / f"{video}.mp4")
+    mp4 = out / "video" / f"{video}.mp4"
     print(f"[4/4] rvos predict on {mp4} with {len(texts)} sentences ...", flush=True)
     segment_video(predictor, mp4, texts, out / "predict", cfg.eval.threshold, progress=progress)
     timings["predict_s"] = time.monotonic() - t

@@ -1,6 +1,6 @@
 """Segment a user's video (file or frame folder) with one or several sentences.
 
-Writes, into ``out``:
+Writes, into ``out`` (staged: a hidden sibling renamed into place when complete):
   masks/<k>/<frame>.png   palette PNG (id 1 = the object of sentence k, 0 = background)
   overlay.mp4, overlay.gif  the video with every sentence's mask and the sentences drawn
   expressions.json         sentence index -> text, video info, settings
@@ -38,7 +38,7 @@ def segment_video(predictor: Predictor, video: str | Path, texts: list[str], out
     info = probe_video(video)
     fps = info.fps or 10.0
     colors = sentence_colors(len(texts))
-    with staged_output(out, overwrite) as stage:
+    with staged_output(out, overwrite, "predict") as stage:
         areas = np.zeros(len(texts))
 
         def frames_and_masks():

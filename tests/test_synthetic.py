@@ -22,6 +22,7 @@ from rvos.data.synthetic import (COLORS, EXPRESSION_TYPES, GENERATOR_VERSION, SP
                                  parse_expression)
 from rvos.data.synthetic.render import shape_sprite, sprite_top_left
 from rvos.errors import RVOSError
+from rvos.outputs_dir import MARKER
 
 SMALL = SynthConfig(train_videos=12, valid_videos=3, test_videos=3, compositional_videos=6,
                     num_frames=10, height=96, width=112, seed=3)
@@ -45,7 +46,7 @@ def _load(root: Path, split: str):
 
 def _digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
 # --------------------------------------------------------------------------- layout
@@ -250,9 +251,13 @@ def test_refuses_a_non_empty_out_dir_unless_overwrite(tmp_path):
     (out / "keep.txt").write_text("user data")
     with pytest.raises(RVOSError, match="not empty"):
         generate_benchmark(out, TINY, progress=False)
+    with pytest.raises(RVOSError, match="rvos did not make it"):   # a folder of the user's
+        generate_benchmark(out, TINY, progress=False, overwrite=True)
     assert (out / "keep.txt").read_text() == "user data"
+    out = tmp_path / "made_by_rvos"
+    generate_benchmark(out, TINY, progress=False)
     generate_benchmark(out, TINY, progress=False, overwrite=True)
-    assert (out / "synth_info.json").is_file() and not (out / "keep.txt").exists()
+    assert (out / "synth_info.json").is_file()
     with pytest.raises(RVOSError, match="already holds a synthetic benchmark"):
         generate_benchmark(out, TINY, progress=False)
 

@@ -10,6 +10,7 @@ expression type and overall.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -24,6 +25,7 @@ from rvos.errors import RVOSError
 from rvos.inference import Predictor
 from rvos.metrics.davis import jaccard_and_f
 from rvos.metrics.ref_ytvos import write_expression_masks
+from rvos.outputs_dir import write_file_atomic
 
 
 @dataclass
@@ -152,17 +154,22 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
 
 
 def write_results(results: list[EvalResult], out_dir: Path) -> dict[str, Path]:
-    """metrics.json (unrounded), per_expression.csv, results.txt (the table)."""
+    """metrics.json (unrounded), per_expression.csv, results.txt (the table), each written
+    atomically into ``out_dir``. Callers give a staged folder (:func:`rvos.outputs_dir.staged_output`)
+    so that earlier results are replaced only as a whole, and only with --overwrite."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [r.summary() for r in results]
     paths = {"json": out_dir / "metrics.json", "csv": out_dir / "per_expression.csv",
              "table": out_dir / "results.txt"}
-    paths["json"].write_text(json.dumps({s["split"]: s for s in summaries}, indent=1))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["split", *ExpressionScore.__dataclass_fields__])
-        writer.writeheader()
-        for r in results:
-            for row in r.rows:
-                writer.writerow({"split": r.split, **asdict(row)})
-    paths["table"].write_text(format_table(summaries) + "\n")
+    rows = io.StringIO(newline="")
+    writer = csv.DictWriter(rows, fieldnames=["split", *ExpressionScore.__dataclass_fields__])
+    writer.writeheader()
+    for r in results:
+        for row in r.rows:
+            writer.writerow({"split": r.split, **asdict(row)})
+    write_file_atomic(paths["csv"], rows.getvalue())
+    write_file_atomic(paths["table"], format_table(summaries) + "\n")
+    # last: metrics.json is what tells that the results are there
+    write_file_atomic(paths["json"], json.dumps({s["split"]: s for s in summaries}, indent=1))
     return paths

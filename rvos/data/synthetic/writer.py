@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 from collections import Counter
@@ -31,6 +30,7 @@ from rvos.data.synthetic.config import (COLORS, EXPRESSION_TYPES, GENERATOR_VERS
 from rvos.data.synthetic.language import query_kind
 from rvos.data.synthetic.video import VideoData, generate_video
 from rvos.errors import RVOSError
+from rvos.outputs_dir import staged_output
 
 INFO_FILE = "synth_info.json"
 
@@ -185,17 +185,6 @@ def _assemble_split(root: Path, split: str, count: int, chunks: list[dict]) -> d
             "expressions_per_type": per_type, "expressions_per_kind": dict(sorted(usage.items()))}
 
 
-def _holds_files(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, progress: bool = True,
                        overwrite: bool = False, workers: int | None = None) -> dict:
     """Generate the synthetic referring-video benchmark into ``out_dir``; returns the
@@ -210,9 +199,10 @@ def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, prog
         <out>/meta_expressions/<split>/meta_expressions.json
         <out>/synth_info.json
 
-    for split in train, valid, test, test_compositional. Everything is written into
-    ``<out>.partial`` and renamed at the end, so an interrupted run never looks complete.
-    A non-empty ``out_dir`` is refused unless ``overwrite`` (then replaced at the end).
+    for split in train, valid, test, test_compositional. Everything is written into a hidden
+    ``.<out>.partial-<pid>`` and renamed at the end (:func:`rvos.outputs_dir.staged_output`),
+    so an interrupted run never looks complete. A non-empty ``out_dir`` is refused unless
+    ``overwrite`` and rvos made it (then it is replaced at the end).
 
     ``workers`` processes (default ``os.cpu_count()``; 1: all in this process) generate
     chunks of :data:`CHUNK_VIDEOS` videos each; the files do not depend on their number.
@@ -222,15 +212,17 @@ def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, prog
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise RVOSError(f"workers={workers!r}: must be an integer >= 1")
-    out = Path(out_dir).resolve()      # "." has no name to put ".partial" after
-    if _holds_files(out) and not overwrite:
-        what = ("already holds a synthetic benchmark" if (out / INFO_FILE).is_file()
-                else "already exists and is not empty")
-        raise RVOSError(f"{what}; pass overwrite=True to replace it", out)
-    partial = out.with_name(out.name + ".partial")
-    _remove(partial)               # the leftovers of an interrupted run
-    partial.mkdir(parents=True)
+    out = Path(out_dir)
+    if not overwrite and (out / INFO_FILE).is_file() and not out.is_symlink():
+        raise RVOSError("already holds a synthetic benchmark; pass overwrite=True (--overwrite) "
+                        "to replace it", out)
+    with staged_output(out, overwrite, "data synth") as partial:
+        info = _generate_into(partial, cfg, workers, progress)
+    return info
 
+
+def _generate_into(partial: Path, cfg: SynthConfig, workers: int, progress: bool) -> dict:
+    """Write the whole benchmark of ``cfg`` into the (empty, staged) folder ``partial``."""
     heldout = heldout_color_shape_pairs(cfg.seed, cfg.heldout_pairs)
     starts = {split: range(0, count, CHUNK_VIDEOS)
               for split, count in cfg.videos_per_split().items()}
@@ -255,14 +247,4 @@ def generate_benchmark(out_dir: str | Path, cfg: SynthConfig | None = None, prog
         "splits": splits,
     }
     _write_json(partial / INFO_FILE, info)     # last: its presence marks a complete benchmark
-
-    if out.exists() or out.is_symlink():
-        old = out.with_name(out.name + ".old")
-        _remove(old)
-        os.replace(out, old)
-        os.replace(partial, out)
-        _remove(old)
-    else:
-        os.replace(partial, out)
     return info
-
