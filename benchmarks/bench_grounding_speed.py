@@ -4,7 +4,7 @@ per training second, feature-cache build time and size, and inference frames/s a
     python benchmarks/bench_grounding_speed.py --run demo_output/run
         [--out benchmarks/results/grounding_speed.json] [--frames 48] [--sentences 1 4]
 
-``--run``: a finished grounding run folder (its ``checkpoints/last.json`` holds the stage
+``--run``: a finished grounding run folder (its ``checkpoints/last.safetensors`` holds the stage
 timings and its ``feature_cache/`` the cache); inference is timed with its checkpoint on a
 synthetic 360x640 clip (random frames, so the number of objects found is whatever the
 model makes of noise: a fair load for the segmenter, linking and scoring). The baseline
@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    meta_path = run / "checkpoints" / "last.json"
+    meta_path = run / "checkpoints" / "last.safetensors"
     if not meta_path.is_file():
         raise SystemExit(f"{meta_path}: not found (pass a finished grounding run folder)")
-    meta = json.loads(meta_path.read_text())["meta"]
+    from rvos.engine.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(meta_path).meta
     timings = meta.get("timings", {})
     caches = [p for p in (run / "feature_cache").glob("*") if (p / "manifest.json").is_file()]
     frames_cached = sum(json.loads((p / "manifest.json").read_text())["arrays"]["frames"]["shape"][0]

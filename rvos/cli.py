@@ -75,7 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                            resume=args.resume is not None, started_when="checkpoints/last*")
     if cfg.model.kind == "grounding":
         return _train_grounding(cfg, run_dir, args, output)
-    trainer = Trainer(cfg, run_dir, progress=not args.quiet)
+    # resuming: the weights come from the checkpoint, the initial ones are not read
+    trainer = Trainer(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed from step {trainer.state.global_step} (epoch {trainer.state.epoch + 1}, "
@@ -95,7 +96,8 @@ def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace, output) -> in
     if args.stop_after_steps:
         raise RVOSError("--stop-after-steps applies to the clip trainers; a grounding run is "
                         "bounded by train.grounding.*_steps and train.time_budget_s")
-    trainer = GroundingTrainer(cfg, run_dir, progress=not args.quiet)
+    # resuming: the weights come from the checkpoint, the initial ones are not read
+    trainer = GroundingTrainer(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed after the stages {trainer.state.done or 'none'}")
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score a checkpoint on a split, or prediction folders on a benchmark")
-    ev.add_argument("--checkpoint", help="checkpoint (.safetensors with its .json beside it)")
+    ev.add_argument("--checkpoint", help="checkpoint file (NAME.safetensors, or NAME)")
     ev.add_argument("--data", help="dataset root (default: the checkpoint's data.root)")
     ev.add_argument("--split", nargs="+", default=["test"], help="splits to score")
     ev.add_argument("--out", default="eval", help="folder for metrics.json, per_expression.csv")
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", parents=[common], help="segment a video with one or more sentences")
-    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--checkpoint", required=True, help="checkpoint file (NAME.safetensors, or NAME)")
     pr.add_argument("--video", required=True, help="video file (mp4, avi, mov, webm) or folder of frames")
     pr.add_argument("--text", action="append", required=True, help="a referring sentence (repeatable)")
     pr.add_argument("--out", required=True)

@@ -116,7 +116,7 @@ def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget
 
     t = time.monotonic()
     ckpt_dir = out / "run" / "checkpoints"
-    checkpoint = ckpt_dir / ("best.safetensors" if (ckpt_dir / "best.json").exists() else "last.safetensors")
+    checkpoint = ckpt_dir / ("best.safetensors" if (ckpt_dir / "best.safetensors").exists() else "last.safetensors")
     print(f"[3/4] evaluating {checkpoint.name} on test and test_compositional ...", flush=True)
     predictor = Predictor.from_checkpoint(checkpoint, cfg.train.device)
     results = [evaluate_layout(predictor, RefYTVOSLayout(data_root, split),

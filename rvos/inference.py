@@ -75,13 +75,15 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
                         window: int | None = None) -> "Predictor":
-        """Build the model a checkpoint describes and load its weights."""
+        """Build the model a checkpoint describes and load its weights. The checkpoint is
+        self-contained: the backbone weights it was initialised from are not read again
+        (nor downloaded)."""
         from rvos.engine.checkpoint import load_checkpoint, load_weights_into
         from rvos.models.build import build_model
 
         checkpoint = load_checkpoint(path)
         cfg: Config = checkpoint.config
-        model, _ = build_model(cfg)
+        model, _ = build_model(cfg, pretrained=False)
         load_weights_into(model, checkpoint, path)
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device))
 

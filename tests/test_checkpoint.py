@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from rvos.config import Config, load_config
-from rvos.engine.checkpoint import (checkpoint_paths, load_checkpoint, load_weights_into,
-                                    save_checkpoint)
+from rvos.config import Config, load_config, to_dict
+from rvos.engine.checkpoint import (architecture_signature, checkpoint_file, load_checkpoint,
+                                    load_weights_into, save_checkpoint)
 from rvos.errors import RVOSError
 
 
@@ -35,25 +35,51 @@ def test_round_trip_keeps_weights_config_meta_and_state(tmp_path):
     opt2 = torch.optim.AdamW(other.parameters())
     opt2.load_state_dict(ck.training_state["optimizer"])
     assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
-    # any of the three files names the checkpoint
-    assert checkpoint_paths(tmp_path / "ck" / "last.json")[0] == path
-    # no temporary files are left behind
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        "last.json", "last.safetensors", "last.state.pt"]
+    # the checkpoint is one file, named with or without its suffix
+    assert checkpoint_file(tmp_path / "ck" / "last") == path
+    assert load_checkpoint(tmp_path / "ck" / "last").meta["step"] == 7
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["last.safetensors"]
+    # any safetensors reader sees the weights under their state-dict names
+    from safetensors.torch import load_file
+    assert set(net.state_dict()) <= set(load_file(str(path)))
 
 
-def test_missing_checkpoint_and_missing_json(tmp_path):
+def test_missing_checkpoint_and_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
     with pytest.raises(RVOSError, match="not found"):
         load_checkpoint(tmp_path / "nope.safetensors")
-    path = save_checkpoint(tmp_path / "a", small_net(), Config(), {"step": 1})
-    (tmp_path / "a.json").unlink()
-    with pytest.raises(RVOSError, match="a.json"):
-        load_checkpoint(path)
+    save_file(small_net().state_dict(), str(tmp_path / "a.safetensors"))
+    with pytest.raises(RVOSError, match="not an rvos checkpoint.*a.json"):
+        load_checkpoint(tmp_path / "a")
 
 
-def test_interrupted_write_is_detected(tmp_path):
+def save_format1(path, net, cfg, step, state=None):
+    """A checkpoint in the earlier three-file layout (NAME.safetensors/.json/.state.pt)."""
+    from safetensors.torch import save_file
+
+    save_file(net.state_dict(), str(path.with_name(path.name + ".safetensors")),
+              metadata={"step": str(step)})
+    document = {"format_version": 1, "architecture": architecture_signature(cfg),
+                "config": to_dict(cfg), "meta": {"step": step}, "has_training_state": bool(state)}
+    path.with_name(path.name + ".json").write_text(json.dumps(document))
+    if state is not None:
+        torch.save({**state, "step": step}, path.with_name(path.name + ".state.pt"))
+
+
+def test_format1_checkpoints_still_load_and_are_replaced_by_one_file(tmp_path):
     net = small_net()
-    save_checkpoint(tmp_path / "a", net, Config(), {"step": 1})
+    save_format1(tmp_path / "a", net, Config(), 3, {"torch_rng": torch.get_rng_state()})
+    ck = load_checkpoint(tmp_path / "a.safetensors", with_training_state=True)
+    assert ck.meta["step"] == 3 and torch.equal(ck.training_state["torch_rng"], torch.get_rng_state())
+    save_checkpoint(tmp_path / "a", net, Config(), {"step": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+    assert load_checkpoint(tmp_path / "a").meta["step"] == 4
+
+
+def test_interrupted_format1_write_is_detected(tmp_path):
+    net = small_net()
+    save_format1(tmp_path / "a", net, Config(), 1)
     doc = json.loads((tmp_path / "a.json").read_text())
     doc["meta"]["step"] = 2          # JSON of a newer step beside older weights
     (tmp_path / "a.json").write_text(json.dumps(doc))
@@ -64,12 +90,25 @@ def test_interrupted_write_is_detected(tmp_path):
 def test_corrupt_files_are_clear_errors(tmp_path):
     save_checkpoint(tmp_path / "a", small_net(), Config(), {"step": 1})
     (tmp_path / "a.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(RVOSError, match="cannot read checkpoint weights"):
+    with pytest.raises(RVOSError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "a.safetensors")
-    save_checkpoint(tmp_path / "b", small_net(), Config(), {"step": 1})
-    (tmp_path / "b.json").write_text("{broken")
+    path = save_checkpoint(tmp_path / "b", small_net(), Config(), {"step": 1})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])          # truncated
+    with pytest.raises(RVOSError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+    save_format1(tmp_path / "c", small_net(), Config(), 1)
+    (tmp_path / "c.json").write_text("{broken")
     with pytest.raises(RVOSError, match="corrupt"):
-        load_checkpoint(tmp_path / "b.safetensors")
+        load_checkpoint(tmp_path / "c.safetensors")
+
+
+def test_weights_only_checkpoint_cannot_be_resumed(tmp_path):
+    save_checkpoint(tmp_path / "best", small_net(), Config(), {"step": 1})
+    with pytest.raises(RVOSError, match="no training state"):
+        load_checkpoint(tmp_path / "best", with_training_state=True)
+    ck = load_checkpoint(tmp_path / "best", with_training_state=True, require_training_state=False)
+    assert ck.training_state is None
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from rvos.cli import main
 from rvos.data.synthetic import SynthConfig, generate_benchmark
+from rvos.engine.checkpoint import load_checkpoint
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.evaluator import evaluate_layout
 from rvos.inference import Predictor
@@ -48,18 +49,18 @@ def test_rvos_train_runs_both_stages_on_a_feature_cache(run):
     assert {"fg_bce", "fg_dice", "heatmap", "offset", "loss", "lr"} <= names
     caches = [p for p in (run / "feature_cache").iterdir() if p.is_dir()]
     assert len(caches) == 1 and (caches[0] / "manifest.json").is_file()
-    meta = json.loads((run / "checkpoints" / "last.json").read_text())["meta"]
+    meta = load_checkpoint(run / "checkpoints" / "last").meta
     assert meta["done"] == ["segmenter", "scorer"]
     assert meta["presentations"] == 4 * 8 and meta["timings"]["presentations_per_s"] > 0
 
 
 def test_resume_of_a_finished_run_redoes_no_stage(run, synth, capsys):
-    steps = json.loads((run / "checkpoints" / "last.json").read_text())["meta"]["step"]
+    steps = load_checkpoint(run / "checkpoints" / "last").meta["step"]
     code = main(["train", "configs/grounding_synth.yaml", f"data.root={synth}", *TINY,
                  "--out", str(run), "--resume", "--quiet"])
     assert code == 0
     assert "resumed after the stages ['segmenter', 'scorer']" in capsys.readouterr().out
-    assert json.loads((run / "checkpoints" / "last.json").read_text())["meta"]["step"] == steps
+    assert load_checkpoint(run / "checkpoints" / "last").meta["step"] == steps
 
 
 def test_rvos_evaluate_and_predict_use_the_grounding_checkpoint(run, synth, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from rvos.cli import main
 from rvos.data.synthetic import SynthConfig, generate_benchmark
+from rvos.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def run(tmp_path_factory, synth) -> Path:
 def test_rvos_train_logs_every_named_loss(run):
     names = {r.split(",")[3] for r in (run / "metrics.csv").read_text().splitlines()[1:]}
     assert {"class", "bbox", "giou", "mask", "dice", "dice_0", "total", "JF"} <= names
-    meta = json.loads((run / "checkpoints" / "last.json").read_text())["meta"]
+    meta = load_checkpoint(run / "checkpoints" / "last").meta
     assert meta["step"] == 3
 
 

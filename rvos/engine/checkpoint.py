@@ -1,15 +1,28 @@
-"""Checkpoints: safetensors weights + a JSON of the config and metadata, and (for resuming)
-a ``.state.pt`` with optimizer, scheduler, scaler and RNG states.
+"""Checkpoints: ONE safetensors file holding the weights, the config and metadata, and (for
+resuming) the optimizer, scheduler, scaler and RNG states.
 
-A checkpoint named ``NAME`` in a folder is the files ``NAME.safetensors``, ``NAME.json``
-and optionally ``NAME.state.pt``. Every file is written to a temporary name and renamed;
-the JSON, renamed last, records the step of the weights, so a checkpoint whose writing was
-interrupted is recognised as incomplete instead of being loaded half-old, half-new.
-Loading uses ``torch.load(weights_only=True)`` only.
+A checkpoint named ``NAME`` is the file ``NAME.safetensors``:
+
+- the model's tensors under their state-dict names (any safetensors reader sees them);
+- the JSON document (format version, architecture, config, metadata) in the file's
+  metadata under ``rvos_checkpoint``;
+- optionally the training state as one uint8 tensor ``__rvos_training_state__``: the bytes
+  of ``torch.save(state)``, read back with ``torch.load(weights_only=True)``.
+
+Writing is atomic and durable: the whole file goes to a hidden temporary sibling, is
+fsynced, renamed over ``NAME.safetensors`` in one ``os.replace`` and the folder is fsynced.
+A kill at any moment leaves either the previous checkpoint or the new one, never a mix; a
+failed write (disk full, read-only folder) is an :class:`RVOSError` that keeps the previous
+checkpoint. Temporaries of killed writes are removed by the next save.
+
+Checkpoints of the earlier three-file format (``NAME.safetensors`` + ``NAME.json`` +
+``NAME.state.pt``) are still read.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -17,13 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from rvos.config import Config, from_dict, to_dict
 from rvos.errors import RVOSError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUFFIX = ".safetensors"
+DOCUMENT_KEY = "rvos_checkpoint"              # safetensors metadata key of the JSON document
+STATE_KEY = "__rvos_training_state__"         # uint8 tensor: torch.save bytes of the state
+LEGACY_SUFFIXES = (".json", ".state.pt")      # sidecars of the format-1 (three-file) layout
 
 
 @dataclass
@@ -36,27 +54,22 @@ class Checkpoint:
     training_state: dict[str, Any] | None
 
 
-def checkpoint_paths(path: str | Path) -> tuple[Path, Path, Path]:
-    """(weights, json, state) paths for a checkpoint given by any of its files or stem."""
-    path = Path(path)
+def checkpoint_file(path: str | Path) -> Path:
+    """The file of the checkpoint ``path`` names: ``NAME``, ``NAME.safetensors``, or a
+    format-1 sidecar (``NAME.json``, ``NAME.state.pt``) all give ``NAME.safetensors``."""
+    path = Path(path).expanduser()
     name = path.name
-    for suffix in (".safetensors", ".json", ".state.pt"):
+    for suffix in (SUFFIX, *LEGACY_SUFFIXES):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    stem = path.with_name(name)
-    return (stem.with_name(name + ".safetensors"), stem.with_name(name + ".json"),
-            stem.with_name(name + ".state.pt"))
+    return path.with_name(name + SUFFIX)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def legacy_sidecars(file: Path) -> tuple[Path, Path]:
+    """(json, state) paths of the format-1 layout beside ``NAME.safetensors``."""
+    stem = file.name[: -len(SUFFIX)]
+    return file.with_name(stem + ".json"), file.with_name(stem + ".state.pt")
 
 
 def architecture_signature(cfg: Config) -> dict[str, Any]:
@@ -68,18 +81,97 @@ def architecture_signature(cfg: Config) -> dict[str, Any]:
     return signature
 
 
+# --------------------------------------------------------------------------- writing
+def _os_reason(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is not writable"
+    return e.strerror or str(e)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(file: Path) -> None:
+    """Remove temporaries of this checkpoint left by killed writes (``.NAME.*.tmp<pid>``
+    of a process that no longer runs); another live process's temporaries are kept."""
+    if not file.parent.is_dir():
+        return
+    names = [file.name, *(p.name for p in legacy_sidecars(file))]
+    for entry in file.parent.iterdir():
+        for name in names:
+            prefix = f".{name}.tmp"
+            if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
+                pid = int(entry.name[len(prefix):])
+                if pid == os.getpid() or not _pid_alive(pid):
+                    entry.unlink(missing_ok=True)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where folders cannot be opened)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(file: Path, data: bytes) -> None:
+    """Write ``data`` to ``file`` through a fsynced temporary and one rename; RVOSError
+    (the previous ``file`` untouched) when the write fails."""
+    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    except OSError as e:
+        raise RVOSError(f"cannot write checkpoint ({_os_reason(e)}); the previous checkpoint "
+                        "is kept", file) from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    try:
+        fsync_folder(file.parent)
+    except OSError as e:
+        raise RVOSError(f"checkpoint written but its folder could not be synced "
+                        f"({_os_reason(e)})", file.parent) from None
+
+
+def _state_tensor(training_state: dict[str, Any]) -> torch.Tensor:
+    buffer = io.BytesIO()
+    torch.save(training_state, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, meta: dict[str, Any],
                     training_state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically; returns the weights path."""
-    weights_path, json_path, state_path = checkpoint_paths(path)
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write a checkpoint as one file, atomically; returns its path (``NAME.safetensors``)."""
+    file = checkpoint_file(path)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(file)
+    except OSError as e:
+        raise RVOSError(f"cannot write checkpoint ({_os_reason(e)})", file.parent) from None
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if STATE_KEY in tensors:
+        raise RVOSError(f"the model has a tensor named {STATE_KEY}, a name checkpoints reserve")
     step = int(meta.get("step", 0))
-    _atomic(weights_path, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     if training_state is not None:
-        _atomic(state_path, lambda p: torch.save({**training_state, "step": step}, p))
-    elif state_path.exists():
-        state_path.unlink()
+        tensors[STATE_KEY] = _state_tensor({**training_state, "step": step})
     document = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture_signature(cfg),
@@ -87,29 +179,74 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, meta: dict[
         "meta": {**meta, "step": step},
         "has_training_state": training_state is not None,
     }
-    _atomic(json_path, lambda p: p.write_text(json.dumps(document, indent=1)))
-    return weights_path
+    data = safetensors_bytes(tensors, metadata={DOCUMENT_KEY: json.dumps(document)})
+    write_atomically(file, data)
+    for sidecar in legacy_sidecars(file):    # a format-1 checkpoint this one replaced
+        sidecar.unlink(missing_ok=True)
+    return file
 
 
-def load_checkpoint(path: str | Path, with_training_state: bool = False) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`, with clear errors."""
-    weights_path, json_path, state_path = checkpoint_paths(path)
-    if not weights_path.is_file():
-        raise RVOSError("checkpoint weights not found", weights_path)
+# --------------------------------------------------------------------------- reading
+def load_checkpoint(path: str | Path, with_training_state: bool = False,
+                    require_training_state: bool = True) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a format-1 one), with
+    clear errors. ``with_training_state``: read the training state too (an error when the
+    checkpoint has none, unless ``require_training_state`` is False: then it is None)."""
+    file = checkpoint_file(path)
+    if not file.is_file():
+        raise RVOSError("checkpoint not found (give NAME or NAME.safetensors)", file)
+    try:
+        with safe_open(str(file), "pt") as f:
+            metadata = f.metadata() or {}
+            if DOCUMENT_KEY not in metadata:
+                return _load_legacy(file, with_training_state, require_training_state)
+            document = _parse_document(metadata[DOCUMENT_KEY], file)
+            weights = {k: f.get_tensor(k) for k in f.keys() if k != STATE_KEY}
+            blob = f.get_tensor(STATE_KEY) if with_training_state and STATE_KEY in f.keys() else None
+    except RVOSError:
+        raise
+    except Exception as e:   # truncated or foreign file: safetensors raises its own types
+        raise RVOSError(f"cannot read checkpoint ({type(e).__name__}: {e})", file) from None
+    config, meta = document
+    training_state = None
+    if with_training_state and (blob is not None or require_training_state):
+        if blob is None:
+            raise RVOSError("checkpoint has no training state to resume from (it holds "
+                            "weights only)", file)
+        training_state = _load_state(io.BytesIO(blob.numpy().tobytes()), file)
+    return Checkpoint(weights, config, meta, training_state)
+
+
+def _parse_document(text: str, source: Path) -> tuple[Config, dict[str, Any]]:
+    try:
+        document = json.loads(text)
+        return from_dict(Config, document["config"]), dict(document["meta"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise RVOSError(f"checkpoint metadata is corrupt or of another format ({e})",
+                        source) from None
+
+
+def _load_state(source, name: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RVOSError(f"cannot read training state ({type(e).__name__}: {e})", name) from None
+    if not isinstance(state, dict):
+        raise RVOSError("training state is not a dictionary", name)
+    return state
+
+
+def _load_legacy(weights_path: Path, with_training_state: bool,
+                 require_training_state: bool) -> Checkpoint:
+    """A format-1 checkpoint: weights file + JSON + optional ``.state.pt`` beside it."""
+    json_path, state_path = legacy_sidecars(weights_path)
     if not json_path.is_file():
-        raise RVOSError("checkpoint is missing its config/metadata JSON "
-                        f"(expected {json_path.name} beside the weights)", json_path)
+        raise RVOSError("not an rvos checkpoint: the file holds no rvos metadata and no "
+                        f"{json_path.name} lies beside it", weights_path)
+    config, meta = _parse_document(_read_text(json_path), json_path)
     try:
-        document = json.loads(json_path.read_text())
-        config = from_dict(Config, document["config"])
-        meta = document["meta"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RVOSError(f"checkpoint JSON is corrupt or of another format ({e})", json_path) from None
-    try:
-        weights = load_file(str(weights_path))
-        from safetensors import safe_open
-
         with safe_open(str(weights_path), "pt") as f:
+            weights = {k: f.get_tensor(k) for k in f.keys()}
             weights_step = int((f.metadata() or {}).get("step", meta.get("step", 0)))
     except Exception as e:
         raise RVOSError(f"cannot read checkpoint weights ({type(e).__name__}: {e})",
@@ -118,18 +255,21 @@ def load_checkpoint(path: str | Path, with_training_state: bool = False) -> Chec
         raise RVOSError(f"checkpoint is incomplete: weights are from step {weights_step} but "
                         f"the JSON says step {meta.get('step')} (interrupted write?)", weights_path)
     training_state = None
-    if with_training_state:
+    if with_training_state and (state_path.is_file() or require_training_state):
         if not state_path.is_file():
             raise RVOSError("checkpoint has no training state to resume from", state_path)
-        try:
-            training_state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RVOSError(f"cannot read training state ({type(e).__name__}: {e})",
-                            state_path) from None
+        training_state = _load_state(state_path, state_path)
         if int(training_state.get("step", -1)) != weights_step:
             raise RVOSError(f"training state is from step {training_state.get('step')}, weights "
                             f"from step {weights_step} (interrupted write?)", state_path)
     return Checkpoint(weights, config, meta, training_state)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RVOSError(f"cannot read checkpoint metadata ({e})", path) from None
 
 
 def load_weights_into(model: nn.Module, checkpoint: Checkpoint, source: str | Path,

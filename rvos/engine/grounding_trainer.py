@@ -17,7 +17,15 @@
 step count or its time, whichever comes first, and its cosine learning rate follows that
 progress, so it reaches its end either way. After the
 scorer, the whole model is validated through the Predictor (``best`` by J&F) and ``last``
-is written. ``--resume`` skips the stages a checkpoint records as done.
+is written.
+
+``--resume`` skips the stages a checkpoint records as done and redoes a stage that was
+stopped from its beginning: a checkpoint written at a stop holds the weights at the stop
+(usable as they are) and, as its training state, the stopped stage's weights and step count
+at the stage's start. Each stage draws from generators seeded by (seed, stage), so with
+step-bounded stages (``train.time_budget_s: 0``) a resumed run reaches bit-identical
+weights to an uninterrupted one. A time budget makes the stage lengths and learning-rate
+schedules depend on the clock: such a run resumes at stage level only.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from rvos.config import Config, save_config
 from rvos.data.transforms import swap_left_right
 from rvos.data.build import verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
-from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
+                                    save_checkpoint)
 from rvos.engine.trainer import (MetricsLogger, plot_run_curves, seed_everything,
                                  validation_summary)
 from rvos.errors import RVOSError
@@ -96,9 +105,12 @@ class Expression:
 class GroundingTrainer:
     """Trains a ``model.kind: grounding`` config into ``run_dir`` (files as the Trainer's:
     config.yaml, metrics.csv, tensorboard/, curves.png, checkpoints/{last,best}.*; plus
-    feature_cache/ unless ``train.grounding.cache_dir`` names another folder)."""
+    feature_cache/ unless ``train.grounding.cache_dir`` names another folder).
+    ``pretrained=False``: as the Trainer's (for a :meth:`resume`, which must then come
+    before :meth:`fit`, since the cache is keyed by the backbone's weights)."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True):
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
+                 pretrained: bool = True):
         if cfg.model.kind != "grounding":
             raise RVOSError(f"GroundingTrainer trains model.kind=grounding, not {cfg.model.kind!r}")
         validate_stages(cfg.train.grounding)
@@ -107,7 +119,7 @@ class GroundingTrainer:
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model, _ = build_model(cfg)
+        self.model, _ = build_model(cfg, pretrained)
         self.model.to(self.device)
         self.layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
         if not self.layout.has_annotations:
@@ -121,19 +133,25 @@ class GroundingTrainer:
         self.amp_dtype = torch.bfloat16
         self.state = GroundingState()
         self._stop_requested = False
+        self._stage_start: dict | None = None     # set while a stage runs or after its stop
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:
+        """Write checkpoint ``name``; after a stop mid-stage it carries that stage's start
+        (``self._stage_start``) as its training state."""
         s = self.state
         meta = {"epoch": s.epoch, "step": s.global_step, "done": s.done, "best_jf": s.best_jf,
                 "history": s.history, "timings": s.timings, "presentations": s.presentations,
                 **(extra_meta or {})}
-        return save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.cfg, meta)
+        return save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.cfg, meta,
+                               self._stage_start)
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Restore weights and the completed stages (default: checkpoints/last)."""
-        path = Path(path) if path else self.run_dir / "checkpoints" / "last.safetensors"
-        ckpt = load_checkpoint(path)
+        """Restore weights and the completed stages (default: checkpoints/last); a stage
+        stopped mid-way gets back the weights and step count of its start, so it is redone
+        exactly."""
+        path = checkpoint_file(path or self.run_dir / "checkpoints" / "last")
+        ckpt = load_checkpoint(path, with_training_state=True, require_training_state=False)
         load_weights_into(self.model, ckpt, path, expected=self.cfg)
         m = ckpt.meta
         self.state = GroundingState(done=[s for s in m.get("done", []) if s in STAGES],
@@ -142,6 +160,11 @@ class GroundingTrainer:
                                     history=list(m.get("history", [])),
                                     timings=dict(m.get("timings", {})),
                                     presentations=int(m.get("presentations", 0)))
+        start = ckpt.training_state
+        if start and start.get("stage") in STAGES and start["stage"] not in self.state.done:
+            getattr(self.model, start["stage"]).load_state_dict(start["weights"])
+            self.state.global_step = int(start["global_step"])
+            self.state.presentations = int(start["presentations"])
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
@@ -194,12 +217,23 @@ class GroundingTrainer:
                              dtype=self.cfg.model.grounding.backbone_dtype)
 
     # ------------------------------------------------------------------ stages
-    def _run_stage(self, name: str, params, lr: float, steps: int, budget_s: float, step_fn,
-                   logger: MetricsLogger) -> int:
-        """Optimise ``step_fn() -> (loss, logs)`` until ``steps`` steps or ``budget_s``
-        seconds (0: no limit), whichever comes first; the learning rate follows a cosine
-        over the progress max(step / steps, elapsed / budget), so it reaches its end
-        whichever limit ends the stage. Returns the steps taken."""
+    def _begin_stage(self, name: str, module: torch.nn.Module) -> None:
+        """Remember where stage ``name`` (training ``module``) starts and seed the torch RNG
+        by (seed, stage), so the stage can be redone exactly after a stop."""
+        self._stage_start = {"stage": name, "global_step": self.state.global_step,
+                             "presentations": self.state.presentations,
+                             "weights": {k: v.detach().cpu().clone()
+                                         for k, v in module.state_dict().items()}}
+        torch.manual_seed(self.cfg.train.seed * 1009 + 1 + STAGES.index(name))
+
+    def _run_stage(self, name: str, module: torch.nn.Module, lr: float, steps: int,
+                   budget_s: float, step_fn, logger: MetricsLogger) -> int:
+        """Optimise the trainable parameters of ``module`` on ``step_fn() -> (loss, logs)``
+        until ``steps`` steps or ``budget_s`` seconds (0: no limit), whichever comes first;
+        the learning rate follows a cosine over the progress max(step / steps, elapsed /
+        budget), so it reaches its end whichever limit ends the stage. Returns the steps
+        taken."""
+        params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.optim.weight_decay)
         started = time.monotonic()
         bar = tqdm(total=steps, desc=name, unit="step", disable=not self.progress)
@@ -231,10 +265,12 @@ class GroundingTrainer:
         self.state.timings[f"{name}_steps"] = done
         if not self._stop_requested:
             self.state.done.append(name)
+            self._stage_start = None
         return done
 
     def _train_segmenter(self, cache: FeatureCache, logger: MetricsLogger, budget_s: float) -> None:
         g = self.cfg.train.grounding
+        self._begin_stage("segmenter", self.model.segmenter)
         rng = np.random.default_rng([self.cfg.train.seed, 1])
         segmenter = self.model.segmenter.train()
         n = len(cache)
@@ -253,8 +289,7 @@ class GroundingTrainer:
             total = sum(SEGMENTER_WEIGHTS[k] * v for k, v in losses.items())
             return total, {k: float(v.detach()) for k, v in losses.items()}
 
-        self._run_stage("segmenter", [p for p in segmenter.parameters() if p.requires_grad],
-                        g.seg_lr, g.seg_steps, budget_s, step, logger)
+        self._run_stage("segmenter", segmenter, g.seg_lr, g.seg_steps, budget_s, step, logger)
         if "segmenter" in self.state.done:
             self.save("last")
 
@@ -308,6 +343,7 @@ class GroundingTrainer:
 
     def _train_scorer(self, cache: FeatureCache, logger: MetricsLogger, budget_s: float) -> None:
         g = self.cfg.train.grounding
+        self._begin_stage("scorer", self.model.scorer)
         t = time.monotonic()
         self.model.eval()
         banks = {False: self.track_bank(cache, False)}
@@ -346,8 +382,7 @@ class GroundingTrainer:
             self.state.presentations += batch_size
             return loss, {"pick_accuracy": float(acc)}
 
-        self._run_stage("scorer", [p for p in scorer.parameters() if p.requires_grad],
-                        g.scorer_lr, g.scorer_steps, budget_s, step, logger)
+        self._run_stage("scorer", scorer, g.scorer_lr, g.scorer_steps, budget_s, step, logger)
         self.state.timings["presentations_per_s"] = (
             self.state.presentations / max(self.state.timings.get("scorer_s", 1e-9), 1e-9))
 

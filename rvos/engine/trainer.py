@@ -2,20 +2,27 @@
 CSV + TensorBoard logging, atomic checkpoints, best-by-validation, exact resumption.
 
 Exact resumption: the clip a dataset returns depends only on (seed, epoch, index), the
-order of an epoch only on (seed, epoch), and checkpoints are written at optimizer-step
-boundaries with the optimizer, scheduler, scaler and torch RNG states. A run stopped
-mid-epoch and resumed therefore reaches the same weights as an uninterrupted run.
+order of an epoch only on (seed, epoch), the data loader draws its seeds from a generator of
+its own (so starting it mid-epoch does not shift the dropout draws), a frozen text
+encoder's memoised features do not depend on which sentences were encoded together, and
+checkpoints are written at optimizer-step boundaries with the optimizer, scheduler, scaler
+and every RNG state (torch, CUDA, numpy, python). A run stopped at an optimizer step and
+resumed therefore reaches bit-identical weights to an uninterrupted run (on the same
+machine and device; kernels that are nondeterministic on GPUs aside). A run killed without
+a save resumes from the last checkpoint written (the end of an epoch or of a stop).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import random
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -25,7 +32,8 @@ from rvos.config import Config, save_config
 from rvos.data.batch import collate_clips
 from rvos.data.build import build_train_dataset, verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
-from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
+                                    save_checkpoint)
 from rvos.engine.evaluator import evaluate_layout
 from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
@@ -84,29 +92,54 @@ class MetricsLogger:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """Every global RNG state (torch, CUDA, numpy, python), in types that
+    ``torch.load(weights_only=True)`` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_rng": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                          int(has_gauss), float(gauss)],
+            "python_rng": [version, list(internal), gauss_next]}
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` returned (states a checkpoint lacks are left as
+    they are: format-1 checkpoints saved the torch states only)."""
+    torch.set_rng_state(states["torch_rng"])
+    if torch.cuda.is_available() and states.get("cuda_rng"):
+        torch.cuda.set_rng_state_all(states["cuda_rng"])
+    if "numpy_rng" in states:
+        kind, keys, pos, has_gauss, gauss = states["numpy_rng"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "python_rng" in states:
+        version, internal, gauss_next = states["python_rng"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 class Trainer:
     """Trains ``build_model(cfg)`` on ``cfg.data`` into ``run_dir``.
 
     Files in run_dir: config.yaml (resolved), metrics.csv, tensorboard/, curves.png,
-    checkpoints/{last,best}.{safetensors,json,state.pt}.
+    checkpoints/{last,best}.safetensors (one file each, see rvos.engine.checkpoint).
+    ``pretrained=False`` skips the backbone's initial weights: for a :meth:`resume` that
+    loads every weight from a checkpoint anyway.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True):
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
+                 pretrained: bool = True):
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model, self.criterion = build_model(cfg)
+        self.model, self.criterion = build_model(cfg, pretrained)
         self.model.to(self.device)
         self.dataset = build_train_dataset(cfg)
         verify_validation_split(cfg)  # a damaged validation split fails now, not after an epoch
@@ -151,8 +184,7 @@ class Trainer:
     def _training_state(self) -> dict:
         s = self.state
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "scaler": self.scaler.state_dict(), **rng_states(),
                 "epoch": s.epoch, "micro_step": s.micro_step, "global_step": s.global_step,
                 "best_jf": s.best_jf}
 
@@ -165,16 +197,14 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> None:
         """Restore weights and the full training state (default: checkpoints/last)."""
-        path = Path(path) if path else self.run_dir / "checkpoints" / "last.safetensors"
+        path = checkpoint_file(path or self.run_dir / "checkpoints" / "last")
         ckpt = load_checkpoint(path, with_training_state=True)
         load_weights_into(self.model, ckpt, path, expected=self.cfg)
         ts = ckpt.training_state
         self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
         self.scaler.load_state_dict(ts["scaler"])
-        torch.set_rng_state(ts["torch_rng"])
-        if torch.cuda.is_available() and ts["cuda_rng"]:
-            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        set_rng_states(ts)
         self.state = TrainState(epoch=int(ts["epoch"]), micro_step=int(ts["micro_step"]),
                                 global_step=int(ts["global_step"]), best_jf=float(ts["best_jf"]),
                                 history=list(ckpt.meta.get("history", [])))
@@ -220,8 +250,12 @@ class Trainer:
                     self.dataset.set_epoch(epoch)
                 order = self.epoch_order(epoch)
                 batches = [order[i * o.batch_size:(i + 1) * o.batch_size] for i in range(per_epoch)]
+                # the loader's own generator: its worker seeds would otherwise be drawn from
+                # the global torch RNG, at a point a mid-epoch resume cannot reproduce
+                seeds = torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch)
                 loader = DataLoader(self.dataset, batch_sampler=batches[self.state.micro_step:],
-                                    collate_fn=collate_clips, num_workers=cfg.data.num_workers)
+                                    collate_fn=collate_clips, num_workers=cfg.data.num_workers,
+                                    generator=seeds)
                 bar = tqdm(total=per_epoch, initial=self.state.micro_step, disable=not self.progress,
                            desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch")
                 running: dict[str, float] = {}

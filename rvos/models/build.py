@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from rvos.config import Config
@@ -11,10 +13,26 @@ from rvos.losses import DenseMaskCriterion
 MODEL_KINDS = ("baseline", "query", "grounding")
 
 
-def build_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
+def without_pretrained_init(cfg: Config) -> Config:
+    """``cfg`` with every ``backbone_weights`` set to none: the model is built with random
+    initial weights, reading no weights file and downloading nothing (for a model whose
+    weights then come from a checkpoint)."""
+    model = cfg.model
+    model = dataclasses.replace(
+        model,
+        baseline=dataclasses.replace(model.baseline, backbone_weights="none"),
+        query=dataclasses.replace(model.query, backbone_weights="none"),
+        grounding=dataclasses.replace(model.grounding, backbone_weights="none"))
+    return dataclasses.replace(cfg, model=model)
+
+
+def build_model(cfg: Config, pretrained: bool = True) -> tuple[nn.Module, nn.Module]:
     """Return (model, criterion) for ``cfg.model.kind``. The grounding model trains in
     stages with objectives of its own (``rvos.models.grounding.objective``): its criterion
-    is None."""
+    is None. ``pretrained=False`` skips the backbone's initial weights (file or torchvision
+    name), for models whose weights are loaded from a checkpoint next."""
+    if not pretrained:
+        cfg = without_pretrained_init(cfg)
     kind = cfg.model.kind
     if kind == "baseline":
         from rvos.models.baseline import build_baseline

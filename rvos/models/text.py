@@ -134,6 +134,19 @@ class TextEncoder(nn.Module):
         out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
         return out.last_hidden_state, tok["attention_mask"].bool()
 
+    def _same_length_groups(self, texts: list[str]) -> list[list[str]]:
+        """``texts`` grouped by token count. A group is encoded without padding, which gives
+        each sentence the features it gets alone; padded batches change them in the last
+        bits, so memoised features (and the weights trained on them, a resumed run's
+        included) would depend on which sentences happened to be encoded together."""
+        if not texts:
+            return []
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        groups: dict[int, list[str]] = {}
+        for text, tokens in zip(texts, ids):
+            groups.setdefault(len(tokens), []).append(text)
+        return [groups[n] for n in sorted(groups)]
+
     def forward(self, texts: list[str], device: torch.device | None = None) -> TextFeatures:
         """texts: B sentences -> :class:`TextFeatures` on ``device``."""
         device = device or next(self.model.parameters()).device
@@ -141,10 +154,10 @@ class TextEncoder(nn.Module):
             words, keep = self._encode(texts, device)
         else:
             missing = sorted({t for t in texts if t not in self._cache})
-            if missing:
+            for group in self._same_length_groups(missing):
                 with torch.no_grad():
-                    w, k = self._encode(missing, next(self.model.parameters()).device)
-                for text, wi, ki in zip(missing, w, k):
+                    w, k = self._encode(group, next(self.model.parameters()).device)
+                for text, wi, ki in zip(group, w, k):
                     self._cache[text] = wi[ki].float().cpu()
             per = [self._cache[t] for t in texts]
             length = max(p.shape[0] for p in per)
