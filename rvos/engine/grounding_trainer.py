@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rvos.config import Config, save_config
+from rvos.config import RULES, Config, save_config, validate_config
 from rvos.data.transforms import swap_left_right
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
@@ -68,19 +68,14 @@ class GroundingState:
 
 
 def validate_stages(g: GroundingTrainConfig) -> None:
-    """RVOSError naming the ``train.grounding`` key that cannot work."""
-    for key in ("seg_steps", "seg_batch_frames", "scorer_steps", "scorer_batch"):
-        if getattr(g, key) < 1:
-            raise RVOSError(f"invalid config: train.grounding.{key} must be >= 1, got {getattr(g, key)}")
-    for key in ("seg_lr", "scorer_lr"):
-        if not getattr(g, key) > 0:
-            raise RVOSError(f"invalid config: train.grounding.{key} must be > 0, got {getattr(g, key)}")
-    if not 0 < g.seg_budget_share < 1:
-        raise RVOSError("invalid config: train.grounding.seg_budget_share must lie in (0, 1), "
-                        f"got {g.seg_budget_share}")
-    if g.scorer_tracks not in ("gt", "predicted"):
-        raise RVOSError("invalid config: train.grounding.scorer_tracks must be gt or predicted, "
-                        f"got {g.scorer_tracks!r}")
+    """RVOSError naming the ``train.grounding`` key that cannot work (the rules of
+    ``rvos.config.RULES``, which ``load_config`` applies to every key)."""
+    for key, rule in RULES.items():
+        if key.startswith("train.grounding."):
+            value = getattr(g, key.rsplit(".", 1)[1])
+            why = rule(value)
+            if why:
+                raise RVOSError(f"invalid config: {key}: {why}, got {value!r}")
 
 
 @dataclass
@@ -100,7 +95,7 @@ class GroundingTrainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True):
         if cfg.model.kind != "grounding":
             raise RVOSError(f"GroundingTrainer trains model.kind=grounding, not {cfg.model.kind!r}")
-        validate_stages(cfg.train.grounding)
+        validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress

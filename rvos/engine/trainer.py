@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rvos.config import Config, save_config
+from rvos.config import Config, save_config, validate_config
 from rvos.data.batch import collate_clips
 from rvos.data.build import build_train_dataset
 from rvos.data.ytvos import RefYTVOSLayout
@@ -101,7 +101,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True):
-        self.cfg = cfg
+        self.cfg = validate_config(cfg)
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
