@@ -36,8 +36,8 @@ from rvos.config import RULES, Config, save_config, validate_config
 from rvos.data.transforms import swap_left_right
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from rvos.engine.trainer import (MetricsLogger, plot_run_curves, seed_everything,
-                                 validation_summary)
+from rvos.engine.trainer import (MetricsLogger, TrainingStopped, announce_stop, plot_run_curves,
+                                 seed_everything, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 from rvos.models.build import build_model
@@ -114,6 +114,7 @@ class GroundingTrainer:
         self.amp_dtype = torch.bfloat16
         self.state = GroundingState()
         self._stop_requested = False
+        self.stop_signal: int | None = None    # the signal that asked for the stop
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:
@@ -137,10 +138,17 @@ class GroundingTrainer:
                                     presentations=int(m.get("presentations", 0)))
 
     def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
+        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
+        second stops at once."""
+        if self._stop_requested:
+            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
+        self._stop_requested, self.stop_signal = True, signum
+        announce_stop(signum)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> GroundingState:
+        """Run the stages not yet done, validate, save ``last``; raises
+        :class:`TrainingStopped` (after the checkpoint) when SIGINT/SIGTERM stopped a stage."""
         cfg, g = self.cfg, self.cfg.train.grounding
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -159,6 +167,9 @@ class GroundingTrainer:
             if not self._stop_requested and cfg.train.eval_every:
                 self._validate_and_keep_best(logger)
             self.save("last")
+            if self.stop_signal is not None and not all(s in self.state.done for s in STAGES):
+                raise TrainingStopped(self.stop_signal, self.run_dir, self.state.global_step,
+                                      checkpointed=True)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,35 @@ from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
 from rvos.losses import weighted_total
 from rvos.models.build import build_model
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; ``exit_code`` is 128 + the signal number (130,
+    143), as a shell reports a process killed by that signal.
+
+    ``checkpointed``: the first signal stops after the current step and saves ``last``; a
+    second one stops at once, losing the steps since the last checkpoint. ``resumable``:
+    the run folder holds a ``last`` checkpoint that ``--resume`` continues from.
+    """
+
+    def __init__(self, signum: int, run_dir: Path, step: int, checkpointed: bool):
+        self.signum, self.exit_code = signum, 128 + signum
+        self.run_dir, self.step, self.checkpointed = Path(run_dir), step, checkpointed
+        self.resumable = any((self.run_dir / "checkpoints").glob("last*"))
+        name = signal.Signals(signum).name
+        if checkpointed:
+            self.message = f"stopped by {name} at step {step}, checkpointed"
+        else:
+            self.message = (f"stopped at once by a second {name} at step {step}; the steps "
+                            "since the last checkpoint are lost")
+        super().__init__(self.message)
+
+
+def announce_stop(signum: int) -> None:
+    """Tell the user that the run stops after this step, and how to stop it at once."""
+    name = signal.Signals(signum).name
+    print(f"\n{name} received: stopping after the current step with a checkpoint; "
+          f"send {name} again (Ctrl-C) to stop at once", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -121,6 +151,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
         self.state = TrainState()
         self._stop_requested = False
+        self.stop_signal: int | None = None    # the signal that asked for the stop
 
     # ------------------------------------------------------------------ set-up
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -180,7 +211,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
+        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
+        second stops at once."""
+        if self._stop_requested:
+            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
+        self._stop_requested, self.stop_signal = True, signum
+        announce_stop(signum)
 
     def validate(self) -> dict | None:
         """J&F on the validation split (None when it has no annotations or eval is off)."""
@@ -201,7 +237,11 @@ class Trainer:
 
     def fit(self, stop_after_steps: int = 0) -> TrainState:
         """Train until cfg.train.epochs are done (or a stop: SIGINT/SIGTERM, the time budget,
-        ``stop_after_steps`` optimizer steps in this call), checkpointing as it goes."""
+        ``stop_after_steps`` optimizer steps in this call), checkpointing as it goes.
+
+        Returns the state when the epochs are done or the budget or ``stop_after_steps``
+        stopped the run; raises :class:`TrainingStopped` (after the checkpoint) when a
+        signal did."""
         cfg, o = self.cfg, self.cfg.optim
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -265,6 +305,9 @@ class Trainer:
                             # validation compete for "best" (an interrupted run just stops)
                             self._validate_and_keep_best(logger, epoch + self.state.micro_step / per_epoch)
                         self.save("last")
+                        if self.stop_signal is not None:
+                            raise TrainingStopped(self.stop_signal, self.run_dir,
+                                                  self.state.global_step, checkpointed=True)
                         return self.state
                 bar.close()
                 self.state.epoch, self.state.micro_step = epoch + 1, 0
