@@ -64,9 +64,20 @@ def _number(text: str) -> float:
 
 def _probability_threshold(text: str) -> float:
     """A mask threshold strictly between 0 and 1 (0 or 1 would mark every or no pixel)."""
-    value = _number(text)
-    if not 0 < value < 1:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:                  # NaN fails too
         raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    """A positive, finite number."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
@@ -295,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         from rvos.metrics.cli import add_benchmark_arguments
 
         add_benchmark_arguments(ev)
-        _set_type(ev, "bound_th", _probability_threshold)
+        _set_type(ev, "bound_th", _positive_number)   # a fraction (<1) or pixels
     except ImportError:
         ev.set_defaults(benchmark=None)
     ev.set_defaults(func=cmd_evaluate)

@@ -136,16 +136,16 @@ def test_every_number_of_the_schema_has_a_range():
 
 # ----------------------------------------------------------------------------- arguments
 BAD_ARGUMENTS = [
-    (["predict", "--threshold", "nan"], "--threshold: must be a finite number"),
+    (["predict", "--threshold", "nan"], "--threshold: must lie in (0, 1), got 'nan'"),
     (["predict", "--threshold", "1.5"], "--threshold: must lie in (0, 1)"),
     (["predict", "--threshold", "0"], "--threshold: must lie in (0, 1)"),
     (["predict", "--window", "-3"], "--window: must be >= 1"),
     (["predict", "--window", "0"], "--window: must be >= 1"),
     (["predict", "--device", "gpu0"], "--device: must be auto, cpu, cuda or cuda:N"),
-    (["evaluate", "--threshold", "nan"], "--threshold: must be a finite number"),
+    (["evaluate", "--threshold", "nan"], "--threshold: must lie in (0, 1), got 'nan'"),
     (["evaluate", "--max-samples", "-1"], "--max-samples: must be >= 0"),
     (["evaluate", "--window", "0"], "--window: must be >= 1"),
-    (["evaluate", "--benchmark", "davis-semi", "--bound-th", "-1"], "--bound-th: must lie in (0, 1)"),
+    (["evaluate", "--benchmark", "davis-semi", "--bound-th", "-1"], "--bound-th: must be a positive number"),
     (["data", "synth", "--out", "s", "--workers", "0"], "--workers: must be >= 1"),
     (["data", "synth", "--out", "s", "--videos", "0"], "--videos: must be >= 1"),
     (["data", "synth", "--out", "s", "--frames", "0"], "--frames: must be >= 1"),

@@ -59,8 +59,9 @@ class TrainingStopped(KeyboardInterrupt):
 def announce_stop(signum: int) -> None:
     """Tell the user that the run stops after this step, and how to stop it at once."""
     name = signal.Signals(signum).name
+    again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
     print(f"\n{name} received: stopping after the current step with a checkpoint; "
-          f"send {name} again (Ctrl-C) to stop at once", file=sys.stderr, flush=True)
+          f"{again} to stop at once", file=sys.stderr, flush=True)
 
 
 @dataclass
