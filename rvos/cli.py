@@ -1,24 +1,104 @@
 """The ``rvos`` command: data, train, evaluate, predict, bench, demo.
 
-Every command reports bad input as one line naming the file and the problem, with exit
-status 2, instead of a traceback.
+Every command reports bad input (an argument out of range, a file it cannot read or write)
+as one line naming the argument or the file and the problem, with exit status 2, instead
+of a traceback; ``RVOS_DEBUG=1`` shows the traceback of an OS error. A training run
+stopped by SIGINT (Ctrl-C) or SIGTERM exits with 130 or 143 after its checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
 from rvos.errors import RVOSError
 
 
+# ----------------------------------------------------------------------------- argument types
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW like 128x128, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"height and width must be positive, got {text!r}")
     return h, w
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A positive integer (frames, videos, workers, window length)."""
+    return _integer(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    """An integer >= 0 (seeds; 0 meaning "no limit" for step and sample limits)."""
+    return _integer(text, 0)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _probability_threshold(text: str) -> float:
+    """A mask threshold strictly between 0 and 1 (0 or 1 would mark every or no pixel)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:                  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    """A positive, finite number."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite duration in seconds."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _set_type(parser: argparse.ArgumentParser, dest: str, type_) -> None:
+    """Give the option ``dest`` (added elsewhere) a checking ``type``."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.type = type_
 
 
 # ----------------------------------------------------------------------------- data
@@ -224,12 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = data_sub.add_parser("synth", parents=[common], help="generate the synthetic referring-video benchmark")
     synth.add_argument("--out", required=True, help="output folder (Ref-YouTube-VOS layout)")
-    synth.add_argument("--videos", type=int, help="training videos (other splits scale with it)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--frames", type=int, help="frames per video")
+    synth.add_argument("--videos", type=_count, help="training videos (other splits scale with it)")
+    synth.add_argument("--seed", type=_non_negative, default=0)
+    synth.add_argument("--frames", type=_count, help="frames per video")
     synth.add_argument("--size", type=_size, help="frame size HxW, e.g. 128x128")
     synth.add_argument("--overwrite", action="store_true")
-    synth.add_argument("--workers", type=int, metavar="N",
+    synth.add_argument("--workers", type=_count, metavar="N",
                        help="processes generating videos (default: all cores); the files do not "
                             "depend on it")
     synth.set_defaults(func=cmd_data_synth)
@@ -250,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                        help="continue exactly where a run stopped (default: <run>/checkpoints/last)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
-    train.add_argument("--stop-after-steps", type=int, default=0,
+    train.add_argument("--stop-after-steps", type=_non_negative, default=0,
                        help="stop (checkpointed) after this many optimizer steps")
     train.set_defaults(func=cmd_train)
 
@@ -260,17 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset root (default: the checkpoint's data.root)")
     ev.add_argument("--split", nargs="+", default=["test"], help="splits to score")
     ev.add_argument("--out", default="eval", help="folder for metrics.json, per_expression.csv")
-    ev.add_argument("--threshold", type=float, default=0.5)
-    ev.add_argument("--window", type=int, help="frames per inference window")
-    ev.add_argument("--max-samples", type=int, default=0, help="score only the first N expressions")
+    ev.add_argument("--threshold", type=_probability_threshold, default=0.5)
+    ev.add_argument("--window", type=_count, help="frames per inference window")
+    ev.add_argument("--max-samples", type=_non_negative, default=0, help="score only the first N expressions")
     ev.add_argument("--save-masks", action="store_true", help="also write predicted masks")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", type=_device, default="auto")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace an earlier output folder of rvos evaluate")
     try:
         from rvos.metrics.cli import add_benchmark_arguments
 
         add_benchmark_arguments(ev)
+        _set_type(ev, "bound_th", _positive_number)   # a fraction (<1) or pixels
     except ImportError:
         ev.set_defaults(benchmark=None)
     ev.set_defaults(func=cmd_evaluate)
@@ -280,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--video", required=True, help="video file (mp4, avi, mov, webm) or folder of frames")
     pr.add_argument("--text", action="append", required=True, help="a referring sentence (repeatable)")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--threshold", type=float, default=0.5)
-    pr.add_argument("--window", type=int, help="frames per window (memory bound)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--threshold", type=_probability_threshold, default=0.5)
+    pr.add_argument("--window", type=_count, help="frames per window (memory bound)")
+    pr.add_argument("--device", type=_device, default="auto")
     pr.add_argument("--no-gif", action="store_true")
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
@@ -302,15 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which benchmarks to run (default: speed)")
     be.add_argument("--out", default="benchmarks/results",
                     help="folder for the results (default: benchmarks/results)")
-    be.add_argument("--device", default="auto",
+    be.add_argument("--device", type=_device, default="auto",
                     help="auto | cpu | cuda | cuda:N; for quality anything but auto overrides "
                          "the configs' train.device")
     be.add_argument("--config", nargs="+", metavar="YAML",
                     help="quality: configs to train and compare on the same synthetic data "
                          "(default: configs/baseline_synth.yaml)")
-    be.add_argument("--seeds", nargs="+", type=int, default=[0, 1], metavar="K",
+    be.add_argument("--seeds", nargs="+", type=_non_negative, default=[0, 1], metavar="K",
                     help="quality: training seeds, one run per config and seed (default: 0 1)")
-    be.add_argument("--budget-s", type=float, default=600.0,
+    be.add_argument("--budget-s", type=_seconds, default=600.0,
                     help="quality: training time budget per run in seconds (default: 600)")
     be.add_argument("--error-bars", choices=["minmax", "std"], default="minmax",
                     help="quality: error bars of quality.png, min..max over seeds or ± std "
@@ -322,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common],
                           help="the main job: synthetic data -> train -> evaluate -> predict")
     demo.add_argument("--out", default="demo_output")
-    demo.add_argument("--budget-s", type=float, default=360.0,
+    demo.add_argument("--budget-s", type=_seconds, default=360.0,
                       help="training time budget, feature cache included (default: 360)")
     demo.add_argument("--overwrite", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -337,14 +418,44 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
         return args.func(args)
     except RVOSError as e:
-        print(f"rvos {args.command}: error: {e}", file=sys.stderr)
+        print(f"rvos {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"rvos {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:     # Ctrl-C, or a training run stopped by a signal
+        print(f"rvos {command}: {getattr(e, 'message', 'interrupted')}{_resume_hint(args, e)}",
+              file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    except OSError as e:               # a folder or file the OS refused: one line, no traceback
+        if os.environ.get("RVOS_DEBUG"):
+            raise
+        print(f"rvos {command}: error: {os_error_text(e, getattr(args, 'out', None))}",
+              file=sys.stderr)
+        return 2
+
+
+def os_error_text(e: OSError, out: str | None = None) -> str:
+    """``<path>: <reason>`` (both paths of a rename) for an OSError. A full disk reported
+    by a write names no file: then the command's output folder ``out`` is named."""
+    reason = e.strerror or str(e) or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    if not paths and out and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        paths = [str(out)]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def _resume_hint(args: argparse.Namespace, stop: BaseException) -> str:
+    """How to continue a stopped training run ("" for anything else)."""
+    if not getattr(stop, "run_dir", None):
+        return ""
+    if not getattr(stop, "resumable", False):
+        return "; no checkpoint was written yet: start the run again"
+    if args.command != "train":
+        return f"; its checkpoint is in {stop.run_dir}"
+    words = ["rvos", "train", args.config, *args.overrides, "--out", str(stop.run_dir), "--resume"]
+    return "; resume with: " + " ".join(shlex.quote(w) for w in words)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,22 @@ overrides them with ``key=value`` (dotted keys, YAML-parsed values).
 
     cfg = load_config("configs/baseline_synth.yaml", ["optim.lr=1e-3", "data.num_frames=6"])
 
-Unknown keys and values of the wrong type are errors that name the file and the key.
+Unknown keys, values of the wrong type and values out of range (``RULES``: every number of
+the schema has one) are errors that name the file and the key, e.g.
+``configs/x.yaml: invalid config: data.input_size: must be two positive integers, got [0, 0]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -129,6 +133,198 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- range checks
+# A rule takes a value and returns None when it is usable, else what it must be.
+Rule = Callable[[Any], "str | None"]
+
+
+def ints(lo: int, hi: int | None = None) -> Rule:
+    """An integer in [lo, hi] (no upper bound when hi is None)."""
+    def check(v: int) -> str | None:
+        if v < lo or (hi is not None and v > hi):
+            return f"must be >= {lo}" if hi is None else f"must lie in [{lo}, {hi}]"
+        return None
+    return check
+
+
+def reals(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    """A finite number in the interval between lo and hi (open ends where asked)."""
+    def check(v: float) -> str | None:
+        inside = ((v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
+        if math.isfinite(v) and inside:
+            return None
+        if hi == math.inf:
+            return f"must be a finite number {'>' if lo_open else '>='} {lo:g}"
+        return (f"must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+    return check
+
+
+def one_of(*options: str) -> Rule:
+    def check(v: str) -> str | None:
+        return None if v in options else f"must be one of {', '.join(options)}"
+    return check
+
+
+def positive_pair(v: tuple[int, int]) -> str | None:
+    return None if all(x >= 1 for x in v) else "must be two positive integers"
+
+
+def device_name(v: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+        return None
+    return "must be auto, cpu, cuda or cuda:N"
+
+
+def strides(v: tuple[int, ...]) -> str | None:
+    if not v or any(s not in (4, 8, 16, 32, 64) for s in v) or list(v) != sorted(set(v)):
+        return "must be increasing values from 4, 8, 16, 32, 64"
+    return None
+
+
+COUNT, NONNEG = ints(1), ints(0)
+RATE, NONNEG_REAL = reals(0, 1), reals(0)
+POSITIVE_REAL, SHARE = reals(0, lo_open=True), reals(0, 1, lo_open=True, hi_open=True)
+
+RULES: dict[str, Rule] = {
+    "data.num_frames": COUNT,
+    "data.max_frame_stride": COUNT,
+    "data.input_size": positive_pair,
+    "data.hflip_prob": RATE,
+    "data.scale_jitter": reals(0, 1, hi_open=True),
+    "data.color_jitter": reals(0, 1, hi_open=True),
+    "data.num_workers": NONNEG,
+    "data.max_train_samples": NONNEG,          # 0: all
+    "data.max_val_samples": NONNEG,            # 0: all
+    "data.refcoco_dataset": one_of("refcoco", "refcoco+", "refcocog"),
+    "data.joint_image_ratio": RATE,
+    "model.kind": one_of("baseline", "query", "grounding"),
+    "model.text.max_length": COUNT,
+    "model.baseline.dim": COUNT,
+    "model.baseline.heads": COUNT,
+    "model.baseline.fusion_layers": NONNEG,
+    "model.baseline.temporal_layers": NONNEG,
+    "model.query.feature_strides": strides,
+    "model.query.dim": COUNT,
+    "model.query.heads": COUNT,
+    "model.query.enc_layers": NONNEG,
+    "model.query.dec_layers": COUNT,
+    "model.query.enc_points": COUNT,
+    "model.query.dec_points": COUNT,
+    "model.query.ffn_dim": COUNT,
+    "model.query.dropout": reals(0, 1, hi_open=True),
+    "model.query.num_queries": COUNT,
+    "model.query.fusion": one_of("add", "multiply", "none"),
+    "model.query.mask_dim": COUNT,
+    "model.query.dynamic_layers": COUNT,
+    "model.query.dynamic_channels": COUNT,
+    "model.query.focal_alpha": RATE,
+    **{f"model.query.{k}": NONNEG_REAL
+       for k in ("loss_class", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "focal_gamma",
+                 "cost_class", "cost_bbox", "cost_giou", "cost_mask", "cost_dice")},
+    "model.grounding.backbone_dtype": one_of("float32", "bfloat16"),
+    "model.grounding.seg_dim": COUNT,
+    "model.grounding.refine_dim": COUNT,
+    "model.grounding.center_threshold": SHARE,
+    "model.grounding.nms_kernel": COUNT,
+    "model.grounding.max_objects": COUNT,
+    "model.grounding.min_area": NONNEG,
+    "model.grounding.link_max_gap": NONNEG,
+    "model.grounding.link_max_distance": POSITIVE_REAL,
+    "model.grounding.link_appearance_weight": NONNEG_REAL,
+    "model.grounding.dim": COUNT,
+    "model.grounding.heads": COUNT,
+    "model.grounding.relation_layers": NONNEG,
+    "model.grounding.roles": COUNT,
+    "model.grounding.dropout": reals(0, 1, hi_open=True),
+    "loss.bce": NONNEG_REAL,
+    "loss.dice": NONNEG_REAL,
+    "loss.focal": NONNEG_REAL,
+    "loss.focal_alpha": RATE,
+    "loss.focal_gamma": NONNEG_REAL,
+    "optim.lr": POSITIVE_REAL,
+    "optim.weight_decay": NONNEG_REAL,
+    "optim.backbone_lr_mult": NONNEG_REAL,
+    "optim.batch_size": COUNT,
+    "optim.accumulate_steps": COUNT,
+    "optim.clip_grad_norm": NONNEG_REAL,        # 0: no clipping
+    "optim.sched_t0": COUNT,
+    "optim.sched_t_mult": COUNT,
+    "optim.min_lr": NONNEG_REAL,
+    "train.epochs": COUNT,
+    "train.seed": ints(0, 2**32 - 1),          # numpy seeds are 32-bit and non-negative
+    "train.device": device_name,
+    "train.log_every": COUNT,
+    "train.eval_every": NONNEG,                # 0: no validation
+    "train.max_steps_per_epoch": NONNEG,       # 0: a full pass
+    "train.time_budget_s": NONNEG_REAL,        # 0: no budget
+    "train.grounding.seg_steps": COUNT,
+    "train.grounding.seg_batch_frames": COUNT,
+    "train.grounding.seg_lr": POSITIVE_REAL,
+    "train.grounding.seg_budget_share": SHARE,
+    "train.grounding.scorer_steps": COUNT,
+    "train.grounding.scorer_batch": COUNT,
+    "train.grounding.scorer_lr": POSITIVE_REAL,
+    "train.grounding.scorer_tracks": one_of("gt", "predicted"),
+    "eval.window": COUNT,
+    "eval.threshold": SHARE,
+}
+
+
+def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
+    """Checks that tie two keys together: (key, value, why) for each that fails."""
+    m, bad = cfg.model, []
+    for section in ("baseline", "query", "grounding"):
+        sub = getattr(m, section)
+        if sub.dim % sub.heads:
+            bad.append((f"model.{section}.heads", sub.heads, f"must divide model.{section}.dim ({sub.dim})"))
+    if m.query.dim % 4:
+        bad.append(("model.query.dim", m.query.dim, "must be a multiple of 4"))
+    if 64 in m.query.feature_strides and 32 not in m.query.feature_strides:
+        bad.append(("model.query.feature_strides", list(m.query.feature_strides),
+                    "can only add 64 on top of 32"))
+    if m.grounding.nms_kernel % 2 == 0:
+        bad.append(("model.grounding.nms_kernel", m.grounding.nms_kernel, "must be odd"))
+    if m.grounding.backbone.startswith("video_swin"):
+        bad.append(("model.grounding.backbone", m.grounding.backbone,
+                    "must be an image backbone (features are cached per frame)"))
+    if cfg.optim.min_lr > cfg.optim.lr:
+        bad.append(("optim.min_lr", cfg.optim.min_lr, f"must not exceed optim.lr ({cfg.optim.lr:g})"))
+    if cfg.loss.bce + cfg.loss.dice + cfg.loss.focal <= 0:
+        bad.append(("loss.bce", cfg.loss.bce, "loss.bce, loss.dice and loss.focal must not all be 0"))
+    return bad
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        cfg = getattr(cfg, key)
+    return cfg
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def config_errors(cfg: Config) -> list[str]:
+    """Every out-of-range value of ``cfg``, as ``key: why, got value`` lines."""
+    errors = []
+    for key, rule in RULES.items():
+        value = _lookup(cfg, key)
+        why = rule(value)
+        if why:
+            errors.append(f"{key}: {why}, got {_shown(value)}")
+    if not errors:
+        errors = [f"{key}: {why}, got {_shown(value)}" for key, value, why in _relations(cfg)]
+    return errors
+
+
+def validate_config(cfg: Config, path: str | Path | None = None) -> Config:
+    """Return ``cfg``, or raise RVOSError naming the first key whose value cannot work."""
+    errors = config_errors(cfg)
+    if errors:
+        raise RVOSError(f"invalid config: {errors[0]}", path)
+    return cfg
 
 
 # --------------------------------------------------------------------------- loading
@@ -258,9 +454,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise RVOSError("a config file must hold a mapping at the top level", path)
     values = _merge(values, parse_overrides(overrides or []))
     try:
-        return from_dict(cls, values)
+        cfg = from_dict(cls, values)
     except TypeError as e:
         raise RVOSError(f"invalid config: {e}", path) from None
+    return validate_config(cfg, path) if cls is Config else cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -40,14 +40,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rvos.config import Config, save_config
+from rvos.config import RULES, Config, save_config, validate_config
 from rvos.data.transforms import swap_left_right
 from rvos.data.build import verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
-from rvos.engine.trainer import (MetricsLogger, plot_run_curves, seed_everything,
-                                 validation_summary)
+from rvos.engine.trainer import (MetricsLogger, TrainingStopped, announce_stop, plot_run_curves,
+                                 seed_everything, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 from rvos.models.build import build_model
@@ -78,19 +78,14 @@ class GroundingState:
 
 
 def validate_stages(g: GroundingTrainConfig) -> None:
-    """RVOSError naming the ``train.grounding`` key that cannot work."""
-    for key in ("seg_steps", "seg_batch_frames", "scorer_steps", "scorer_batch"):
-        if getattr(g, key) < 1:
-            raise RVOSError(f"invalid config: train.grounding.{key} must be >= 1, got {getattr(g, key)}")
-    for key in ("seg_lr", "scorer_lr"):
-        if not getattr(g, key) > 0:
-            raise RVOSError(f"invalid config: train.grounding.{key} must be > 0, got {getattr(g, key)}")
-    if not 0 < g.seg_budget_share < 1:
-        raise RVOSError("invalid config: train.grounding.seg_budget_share must lie in (0, 1), "
-                        f"got {g.seg_budget_share}")
-    if g.scorer_tracks not in ("gt", "predicted"):
-        raise RVOSError("invalid config: train.grounding.scorer_tracks must be gt or predicted, "
-                        f"got {g.scorer_tracks!r}")
+    """RVOSError naming the ``train.grounding`` key that cannot work (the rules of
+    ``rvos.config.RULES``, which ``load_config`` applies to every key)."""
+    for key, rule in RULES.items():
+        if key.startswith("train.grounding."):
+            value = getattr(g, key.rsplit(".", 1)[1])
+            why = rule(value)
+            if why:
+                raise RVOSError(f"invalid config: {key}: {why}, got {value!r}")
 
 
 @dataclass
@@ -113,7 +108,7 @@ class GroundingTrainer:
                  pretrained: bool = True):
         if cfg.model.kind != "grounding":
             raise RVOSError(f"GroundingTrainer trains model.kind=grounding, not {cfg.model.kind!r}")
-        validate_stages(cfg.train.grounding)
+        validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress
@@ -134,6 +129,7 @@ class GroundingTrainer:
         self.state = GroundingState()
         self._stop_requested = False
         self._stage_start: dict | None = None     # set while a stage runs or after its stop
+        self.stop_signal: int | None = None    # the signal that asked for the stop
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:
@@ -167,10 +163,17 @@ class GroundingTrainer:
             self.state.presentations = int(start["presentations"])
 
     def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
+        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
+        second stops at once."""
+        if self._stop_requested:
+            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
+        self._stop_requested, self.stop_signal = True, signum
+        announce_stop(signum)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> GroundingState:
+        """Run the stages not yet done, validate, save ``last``; raises
+        :class:`TrainingStopped` (after the checkpoint) when SIGINT/SIGTERM stopped a stage."""
         cfg, g = self.cfg, self.cfg.train.grounding
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -189,6 +192,9 @@ class GroundingTrainer:
             if not self._stop_requested and cfg.train.eval_every:
                 self._validate_and_keep_best(logger)
             self.save("last")
+            if self.stop_signal is not None and not all(s in self.state.done for s in STAGES):
+                raise TrainingStopped(self.stop_signal, self.run_dir, self.state.global_step,
+                                      checkpointed=True)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

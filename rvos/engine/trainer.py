@@ -18,6 +18,7 @@ import csv
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rvos.config import Config, save_config
+from rvos.config import Config, save_config, validate_config
 from rvos.data.batch import collate_clips
 from rvos.data.build import build_train_dataset, verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
@@ -39,6 +40,36 @@ from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
 from rvos.losses import weighted_total
 from rvos.models.build import build_model
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; ``exit_code`` is 128 + the signal number (130,
+    143), as a shell reports a process killed by that signal.
+
+    ``checkpointed``: the first signal stops after the current step and saves ``last``; a
+    second one stops at once, losing the steps since the last checkpoint. ``resumable``:
+    the run folder holds a ``last`` checkpoint that ``--resume`` continues from.
+    """
+
+    def __init__(self, signum: int, run_dir: Path, step: int, checkpointed: bool):
+        self.signum, self.exit_code = signum, 128 + signum
+        self.run_dir, self.step, self.checkpointed = Path(run_dir), step, checkpointed
+        self.resumable = any((self.run_dir / "checkpoints").glob("last*"))
+        name = signal.Signals(signum).name
+        if checkpointed:
+            self.message = f"stopped by {name} at step {step}, checkpointed"
+        else:
+            self.message = (f"stopped at once by a second {name} at step {step}; the steps "
+                            "since the last checkpoint are lost")
+        super().__init__(self.message)
+
+
+def announce_stop(signum: int) -> None:
+    """Tell the user that the run stops after this step, and how to stop it at once."""
+    name = signal.Signals(signum).name
+    again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+    print(f"\n{name} received: stopping after the current step with a checkpoint; "
+          f"{again} to stop at once", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -134,7 +165,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
                  pretrained: bool = True):
-        self.cfg = cfg
+        self.cfg = validate_config(cfg)
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
@@ -155,6 +186,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
         self.state = TrainState()
         self._stop_requested = False
+        self.stop_signal: int | None = None    # the signal that asked for the stop
 
     # ------------------------------------------------------------------ set-up
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -211,7 +243,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
+        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
+        second stops at once."""
+        if self._stop_requested:
+            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
+        self._stop_requested, self.stop_signal = True, signum
+        announce_stop(signum)
 
     def validate(self) -> dict | None:
         """J&F on the validation split (None when it has no annotations or eval is off)."""
@@ -232,7 +269,11 @@ class Trainer:
 
     def fit(self, stop_after_steps: int = 0) -> TrainState:
         """Train until cfg.train.epochs are done (or a stop: SIGINT/SIGTERM, the time budget,
-        ``stop_after_steps`` optimizer steps in this call), checkpointing as it goes."""
+        ``stop_after_steps`` optimizer steps in this call), checkpointing as it goes.
+
+        Returns the state when the epochs are done or the budget or ``stop_after_steps``
+        stopped the run; raises :class:`TrainingStopped` (after the checkpoint) when a
+        signal did."""
         cfg, o = self.cfg, self.cfg.optim
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -300,6 +341,9 @@ class Trainer:
                             # validation compete for "best" (an interrupted run just stops)
                             self._validate_and_keep_best(logger, epoch + self.state.micro_step / per_epoch)
                         self.save("last")
+                        if self.stop_signal is not None:
+                            raise TrainingStopped(self.stop_signal, self.run_dir,
+                                                  self.state.global_step, checkpointed=True)
                         return self.state
                 bar.close()
                 self.state.epoch, self.state.micro_step = epoch + 1, 0
