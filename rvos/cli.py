@@ -422,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RVOSError as e:
+        if os.environ.get("RVOS_DEBUG"):    # the traceback, with the OSError it may wrap
+            raise
         print(f"rvos {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:     # Ctrl-C, or a training run stopped by a signal
