@@ -537,7 +537,7 @@ class FakeTrainer:
     """Writes what a Trainer writes (config, metrics, a first and a last checkpoint) with
     kill points between; no model."""
 
-    def __init__(self, cfg, run_dir, progress=True):
+    def __init__(self, cfg, run_dir, progress=True, pretrained=True):
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.state = SimpleNamespace(global_step=0, epoch=0, micro_step=0, best_jf=0.0)
 

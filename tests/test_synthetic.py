@@ -375,8 +375,11 @@ def test_workers_argument_and_cli_option(tmp_path, capsys):
     assert main(args + ["--workers", "2"]) == 0
     info = json.loads((tmp_path / "cli" / "synth_info.json").read_text())
     assert info["version"] == GENERATOR_VERSION
-    assert main(args + ["--workers", "0", "--overwrite"]) == 2
-    assert "workers=0" in capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:       # argparse refuses it: exit status 2
+        main(args + ["--workers", "0", "--overwrite"])
+    assert stop.value.code == 2
+    assert "--workers: must be >= 1" in capsys.readouterr().err
 
 
 def test_bad_config_names_the_field():
