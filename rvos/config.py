@@ -81,14 +81,45 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    """Dense-mask loss weights of the baseline (the query models weigh their own)."""
+class DenseLossConfig:
+    """The baseline's dense-mask loss: weights of BCE, Dice and Focal on its one mask."""
 
     bce: float = 0.3
     dice: float = 0.6
     focal: float = 0.1
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+
+
+@dataclass
+class QueryLossConfig:
+    """The query family's objective: loss weights (``cls`` .. ``dice``, ReferFormer's
+    2 / 5 / 2 / 2 / 5), Hungarian matching costs (``cost_*``), and the weights of the
+    methods' own losses (0 where the method is not in the model)."""
+
+    aux: bool = True                  # every decoder layer is supervised, with these weights
+    cls: float = 2.0                  # sigmoid focal loss of the scores
+    bbox: float = 5.0                 # L1 of the matched query's boxes
+    giou: float = 2.0
+    mask: float = 2.0                 # per-pixel sigmoid focal loss
+    dice: float = 5.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    cost_cls: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    cost_mask: float = 2.0
+    cost_dice: float = 5.0
+
+
+@dataclass
+class LossConfig:
+    """The one home of loss weights, one section per model family (the grounding family's
+    stages weigh their losses in ``rvos.models.grounding.objective``). Loss weights are not
+    part of a model's architecture: a checkpoint loads whatever they are."""
+
+    baseline: DenseLossConfig = field(default_factory=DenseLossConfig)
+    query: QueryLossConfig = field(default_factory=QueryLossConfig)
 
 
 @dataclass
@@ -219,10 +250,6 @@ RULES: dict[str, Rule] = {
     "model.query.mask_dim": COUNT,
     "model.query.dynamic_layers": COUNT,
     "model.query.dynamic_channels": COUNT,
-    "model.query.focal_alpha": RATE,
-    **{f"model.query.{k}": NONNEG_REAL
-       for k in ("loss_class", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "focal_gamma",
-                 "cost_class", "cost_bbox", "cost_giou", "cost_mask", "cost_dice")},
     "model.grounding.backbone_dtype": one_of("float32", "bfloat16"),
     "model.grounding.seg_dim": COUNT,
     "model.grounding.refine_dim": COUNT,
@@ -238,11 +265,15 @@ RULES: dict[str, Rule] = {
     "model.grounding.relation_layers": NONNEG,
     "model.grounding.roles": COUNT,
     "model.grounding.dropout": reals(0, 1, hi_open=True),
-    "loss.bce": NONNEG_REAL,
-    "loss.dice": NONNEG_REAL,
-    "loss.focal": NONNEG_REAL,
-    "loss.focal_alpha": RATE,
-    "loss.focal_gamma": NONNEG_REAL,
+    "loss.baseline.bce": NONNEG_REAL,
+    "loss.baseline.dice": NONNEG_REAL,
+    "loss.baseline.focal": NONNEG_REAL,
+    "loss.baseline.focal_alpha": RATE,
+    "loss.baseline.focal_gamma": NONNEG_REAL,
+    "loss.query.focal_alpha": RATE,
+    **{f"loss.query.{k}": NONNEG_REAL
+       for k in ("cls", "bbox", "giou", "mask", "dice", "focal_gamma",
+                 "cost_cls", "cost_bbox", "cost_giou", "cost_mask", "cost_dice")},
     "optim.lr": POSITIVE_REAL,
     "optim.weight_decay": NONNEG_REAL,
     "optim.backbone_lr_mult": NONNEG_REAL,
@@ -291,8 +322,13 @@ def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
                     "must be an image backbone (features are cached per frame)"))
     if cfg.optim.min_lr > cfg.optim.lr:
         bad.append(("optim.min_lr", cfg.optim.min_lr, f"must not exceed optim.lr ({cfg.optim.lr:g})"))
-    if cfg.loss.bce + cfg.loss.dice + cfg.loss.focal <= 0:
-        bad.append(("loss.bce", cfg.loss.bce, "loss.bce, loss.dice and loss.focal must not all be 0"))
+    dense = cfg.loss.baseline
+    if dense.bce + dense.dice + dense.focal <= 0:
+        bad.append(("loss.baseline.bce", dense.bce,
+                    "loss.baseline.bce, .dice and .focal must not all be 0"))
+    q = cfg.loss.query
+    if not any((q.cost_cls, q.cost_bbox, q.cost_giou, q.cost_mask, q.cost_dice)):
+        bad.append(("loss.query.cost_cls", q.cost_cls, "the matching costs must not all be 0"))
     return bad
 
 
@@ -438,21 +474,71 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# Keys of earlier releases -> their place now (configs saved in older checkpoints and run
+# folders still load): loss weights moved out of the model into one ``loss`` section.
+_MOVED_KEYS = {
+    **{f"loss.{k}": f"loss.baseline.{k}" for k in ("bce", "dice", "focal", "focal_alpha", "focal_gamma")},
+    "model.query.aux_loss": "loss.query.aux",
+    "model.query.focal_alpha": "loss.query.focal_alpha",
+    "model.query.focal_gamma": "loss.query.focal_gamma",
+    **{f"model.query.loss_{k}": f"loss.query.{'cls' if k == 'class' else k}"
+       for k in ("class", "bbox", "giou", "mask", "dice")},
+    **{f"model.query.cost_{k}": f"loss.query.cost_{'cls' if k == 'class' else k}"
+       for k in ("class", "bbox", "giou", "mask", "dice")},
+}
+
+
+def upgrade_config_dict(values: dict) -> dict:
+    """A nested config dict with the keys of earlier releases (``_MOVED_KEYS``) moved to
+    their current place; everything else unchanged."""
+    out = json.loads(json.dumps(values))
+    for old, new in _MOVED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = out
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and not isinstance(node[leaf], dict):
+            _set_dotted(out, new, node.pop(leaf))
+    return out
+
+
+BASE_KEY = "base"
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The values a YAML config file sets, its ``base:`` chain resolved: ``base: FILE``
+    (relative to this file's folder) loads FILE first and this file's values override it,
+    key by key."""
+    if not path.is_file():
+        raise RVOSError("config file not found", path)
+    if path.resolve() in seen:
+        raise RVOSError("config bases form a cycle", path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RVOSError(f"not valid YAML: {e}", path) from None
+    if not isinstance(values, dict):
+        raise RVOSError("a config file must hold a mapping at the top level", path)
+    base = values.pop(BASE_KEY, None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise RVOSError(f"{BASE_KEY}: must name a config file, got {base!r}", path)
+    parent = read_config_file(path.parent / base, seen + (path.resolve(),))
+    return _merge(upgrade_config_dict(parent), upgrade_config_dict(values))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 cls: type = Config) -> Any:
-    """Load a YAML config (or defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML config (or defaults when ``path`` is None), its ``base:`` chain first
+    (:func:`read_config_file`), and apply overrides."""
     values: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise RVOSError("config file not found", path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RVOSError(f"not valid YAML: {e}", path) from None
-        if not isinstance(values, dict):
-            raise RVOSError("a config file must hold a mapping at the top level", path)
+        values = read_config_file(path)
     values = _merge(values, parse_overrides(overrides or []))
+    if cls is Config:
+        values = upgrade_config_dict(values)
     try:
         cfg = from_dict(cls, values)
     except TypeError as e:

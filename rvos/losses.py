@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rvos.config import LossConfig
+from rvos.config import DenseLossConfig
 from rvos.data.batch import ClipBatch
 from rvos.models.outputs import RVOSOutput
 
@@ -46,7 +46,7 @@ class DenseMaskCriterion(nn.Module):
     losses; ``weights`` holds the config weights (0.3 BCE + 0.6 Dice + 0.1 Focal).
     """
 
-    def __init__(self, cfg: LossConfig):
+    def __init__(self, cfg: DenseLossConfig):
         super().__init__()
         self.weights = {"bce": cfg.bce, "dice": cfg.dice, "focal": cfg.focal}
         self.focal_alpha = cfg.focal_alpha

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rvos.config import BaselineConfig, Config, LossConfig, TextConfig
+from rvos.config import BaselineConfig, Config, DenseLossConfig, TextConfig
 from rvos.errors import RVOSError
 from rvos.models import baseline as baseline_module
 from rvos.losses import DenseMaskCriterion, weighted_total
@@ -64,7 +64,7 @@ def test_coordinate_channels_span_the_frame():
 def test_a_few_steps_fit_a_single_clip(text_encoder):
     torch.manual_seed(0)
     model = tiny_baseline(text_encoder)
-    crit = DenseMaskCriterion(LossConfig())
+    crit = DenseMaskCriterion(DenseLossConfig())
     frames = torch.randn(1, 2, 3, 32, 32)
     masks = torch.zeros(1, 2, 32, 32)
     masks[:, :, 8:20, 10:22] = 1

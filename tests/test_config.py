@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_defaults_follow_the_seed_recipe():
     cfg = Config()
-    assert (cfg.loss.bce, cfg.loss.dice, cfg.loss.focal) == (0.3, 0.6, 0.1)
+    assert (cfg.loss.baseline.bce, cfg.loss.baseline.dice, cfg.loss.baseline.focal) == (0.3, 0.6, 0.1)
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (5e-4, 1e-4)
     assert (cfg.optim.sched_t0, cfg.optim.sched_t_mult) == (5, 2)
     assert (cfg.optim.accumulate_steps, cfg.optim.clip_grad_norm) == (4, 1.0)
@@ -63,3 +63,30 @@ def test_every_shipped_config_is_valid():
         cfg = load_config(path)
         assert cfg.model.kind in ("baseline", "query", "grounding"), path
         assert not str(cfg.data.root).startswith("/"), f"{path}: absolute data path"
+
+
+def test_a_config_inherits_from_its_base_and_overrides_it_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  kind: query\n  query: {dim: 64, heads: 4}\n"
+                                        "optim: {lr: 1.0e-3}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel:\n  query: {dim: 32}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["optim.batch_size=3"])
+    assert (cfg.model.kind, cfg.model.query.dim, cfg.model.query.heads) == ("query", 32, 4)
+    assert (cfg.optim.lr, cfg.optim.batch_size) == (1e-3, 3)
+
+
+def test_config_base_cycles_and_missing_bases_are_one_line_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(RVOSError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(RVOSError, match="nowhere.yaml.*not found|not found.*nowhere.yaml"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_loss_keys_of_earlier_releases_load_into_the_loss_section(tmp_path):
+    (tmp_path / "old.yaml").write_text("model:\n  kind: query\n  query: {loss_class: 3.0, cost_dice: 4.0,"
+                                       " aux_loss: false}\nloss: {bce: 0.5}\n")
+    cfg = load_config(tmp_path / "old.yaml")
+    assert (cfg.loss.query.cls, cfg.loss.query.cost_dice, cfg.loss.query.aux) == (3.0, 4.0, False)
+    assert cfg.loss.baseline.bce == 0.5

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from rvos.config import LossConfig
+from rvos.config import DenseLossConfig
 from rvos.data.batch import ClipBatch
 from rvos.losses import DenseMaskCriterion, dice_loss, sigmoid_focal_loss, weighted_total
 from rvos.models.outputs import RVOSOutput
@@ -24,7 +24,7 @@ def test_focal_matches_bce_when_gamma_zero_and_alpha_off():
 
 
 def test_criterion_returns_named_losses_weighted_by_config():
-    crit = DenseMaskCriterion(LossConfig())
+    crit = DenseMaskCriterion(DenseLossConfig())
     assert crit.weights == {"bce": 0.3, "dice": 0.6, "focal": 0.1}
     logits = torch.randn(2, 3, 1, 16, 16, requires_grad=True)
     masks = (torch.rand(2, 3, 32, 32) > 0.7).float()          # resized to the logits' size

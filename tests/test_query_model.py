@@ -124,7 +124,7 @@ def test_frozen_backbone_bn_trains_convs_only():
 
 def test_stride_4_and_stride_64_levels():
     model, _ = build("model.query.feature_strides=[4,8,16,32,64]", "model.query.fusion=multiply",
-                     "model.query.box_refine=false", "model.query.aux_loss=false")
+                     "model.query.box_refine=false", "loss.query.aux=false")
     model.eval()
     with torch.no_grad():
         out = model(clip_batch(b=1, t=2).frames, ["x"])

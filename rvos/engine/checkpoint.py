@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from rvos.config import Config, from_dict, to_dict
+from rvos.config import Config, from_dict, to_dict, upgrade_config_dict
 from rvos.errors import RVOSError
 
 FORMAT_VERSION = 2
@@ -220,7 +220,8 @@ def load_checkpoint(path: str | Path, with_training_state: bool = False,
 def _parse_document(text: str, source: Path) -> tuple[Config, dict[str, Any]]:
     try:
         document = json.loads(text)
-        return from_dict(Config, document["config"]), dict(document["meta"])
+        return (from_dict(Config, upgrade_config_dict(document["config"])),
+                dict(document["meta"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise RVOSError(f"checkpoint metadata is corrupt or of another format ({e})",
                         source) from None

@@ -37,7 +37,7 @@ def build_model(cfg: Config, pretrained: bool = True) -> tuple[nn.Module, nn.Mod
     if kind == "baseline":
         from rvos.models.baseline import build_baseline
 
-        return build_baseline(cfg.model.baseline, cfg.model.text), DenseMaskCriterion(cfg.loss)
+        return build_baseline(cfg.model.baseline, cfg.model.text), DenseMaskCriterion(cfg.loss.baseline)
     if kind == "query":
         from rvos.models.query.build import build_query_model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from rvos.config import Config
+from rvos.config import Config, QueryLossConfig
 from rvos.errors import RVOSError
 from rvos.matcher import ClipMatcher
 from rvos.models.backbones import build_backbone
@@ -66,10 +66,16 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
                       fusion=fusion, freeze_backbone=q.freeze_backbone,
                       frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout)
-    matcher = ClipMatcher(q.cost_class, q.cost_bbox, q.cost_giou, q.cost_mask, q.cost_dice,
-                          q.focal_alpha, q.focal_gamma)
-    weights = {"class": q.loss_class, "bbox": q.loss_bbox, "giou": q.loss_giou,
-               "mask": q.loss_mask, "dice": q.loss_dice}
-    criterion = QueryCriterion(matcher, weights, num_aux=q.dec_layers - 1 if q.aux_loss else 0,
-                               focal_alpha=q.focal_alpha, focal_gamma=q.focal_gamma)
+    criterion = build_query_criterion(cfg.loss.query, q.dec_layers)
     return model, criterion
+
+
+def build_query_criterion(loss: QueryLossConfig, dec_layers: int) -> QueryCriterion:
+    """The query family's criterion: Hungarian matching with ``loss.cost_*``, the named
+    losses weighted by ``loss``, every decoder layer supervised when ``loss.aux``."""
+    matcher = ClipMatcher(loss.cost_cls, loss.cost_bbox, loss.cost_giou, loss.cost_mask,
+                          loss.cost_dice, loss.focal_alpha, loss.focal_gamma)
+    weights = {"class": loss.cls, "bbox": loss.bbox, "giou": loss.giou, "mask": loss.mask,
+               "dice": loss.dice}
+    return QueryCriterion(matcher, weights, num_aux=dec_layers - 1 if loss.aux else 0,
+                          focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)

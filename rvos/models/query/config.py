@@ -43,20 +43,3 @@ class QueryModelConfig:
     dynamic_layers: int = 3           # dynamic 1x1 convs per query
     dynamic_channels: int = 8
     rel_coords: bool = True           # add coordinates relative to the query's box centre
-
-    # --- loss weights (the criterion's ``weights``; aux layers reuse them)
-    aux_loss: bool = True
-    loss_class: float = 2.0
-    loss_bbox: float = 5.0
-    loss_giou: float = 2.0
-    loss_mask: float = 2.0            # per-pixel sigmoid focal loss
-    loss_dice: float = 5.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-
-    # --- matching cost weights
-    cost_class: float = 2.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    cost_mask: float = 2.0
-    cost_dice: float = 5.0

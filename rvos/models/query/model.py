@@ -143,14 +143,22 @@ class QueryRVOS(nn.Module):
         if frames.ndim != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
         t = frames.shape[1]
-        b = len(texts)
-        frame_index = frame_index_for(clip_index, frames.shape[0], b, t, frames.device)
-        n, q = b * t, self.num_queries
+        frame_index = frame_index_for(clip_index, frames.shape[0], len(texts), t, frames.device)
 
         maps = clip_features(self.backbone, frames)                       # (C*T, C_i, h_i, w_i)
         if frame_index is not None:
             maps = [m.index_select(0, frame_index) for m in maps]          # (N, C_i, h_i, w_i)
-        text = self.text_encoder(texts, frames.device)
+        return self.forward_maps(maps, texts, t)
+
+    def forward_maps(self, maps: list[Tensor], texts: list[str], num_frames: int) -> RVOSOutput:
+        """Everything after the backbone: ``maps`` [(B * T, C_i, h_i, w_i)] at strides
+        4..32 (rows b*T .. b*T + T-1 are sentence b's frames; from the backbone, or from a
+        feature cache of a frozen one), B sentences, T = ``num_frames`` -> RVOSOutput as
+        :meth:`forward`."""
+        t, b = num_frames, len(texts)
+        n, q = b * t, self.num_queries
+        device = maps[0].device
+        text = self.text_encoder(texts, device)
         words = self.word_proj(text.words)                                 # (B, L, C)
         sentence = self.sentence_proj(text.sentence)                       # (B, C)
 
