@@ -110,6 +110,7 @@ class QueryLossConfig:
     cost_giou: float = 2.0
     cost_mask: float = 2.0
     cost_dice: float = 5.0
+    contrast: float = 0.0             # SOC's video-level text/object contrastive loss (0 = off)
 
 
 @dataclass
@@ -250,6 +251,9 @@ RULES: dict[str, Rule] = {
     "model.query.mask_dim": COUNT,
     "model.query.dynamic_layers": COUNT,
     "model.query.dynamic_channels": COUNT,
+    "model.query.soc.enc_layers": NONNEG,
+    "model.query.soc.dec_layers": COUNT,
+    "model.query.soc.ffn_dim": COUNT,
     "model.grounding.backbone_dtype": one_of("float32", "bfloat16"),
     "model.grounding.seg_dim": COUNT,
     "model.grounding.refine_dim": COUNT,
@@ -273,7 +277,8 @@ RULES: dict[str, Rule] = {
     "loss.query.focal_alpha": RATE,
     **{f"loss.query.{k}": NONNEG_REAL
        for k in ("cls", "bbox", "giou", "mask", "dice", "focal_gamma",
-                 "cost_cls", "cost_bbox", "cost_giou", "cost_mask", "cost_dice")},
+                 "cost_cls", "cost_bbox", "cost_giou", "cost_mask", "cost_dice",
+                 "contrast")},
     "optim.lr": POSITIVE_REAL,
     "optim.weight_decay": NONNEG_REAL,
     "optim.backbone_lr_mult": NONNEG_REAL,

@@ -13,6 +13,7 @@ from rvos.models.query.criterion import QueryCriterion
 from rvos.models.query.fusion import FUSION_MODES, VisionLanguageFusion
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder
 from rvos.models.query.model import QueryRVOS
+from rvos.models.query.soc import SOC, TextFromVideo, VideoObjectClusters
 from rvos.models.query.transformer import (DeformableDecoder, DeformableDecoderLayer,
                                            DeformableEncoder, DeformableEncoderLayer)
 from rvos.models.text import TextEncoder
@@ -62,12 +63,29 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
     mask_decoder = MaskFeatureDecoder([q.dim] * fpn_inputs, q.dim, q.mask_dim)
     mask_head = DynamicMaskHead(q.dim, q.mask_dim, q.dynamic_layers, q.dynamic_channels, q.rel_coords)
     fusion = None if q.fusion == "none" else VisionLanguageFusion(q.dim, q.heads, q.fusion, q.dropout)
+    soc = build_soc(q, cfg.loss.query)
     model = QueryRVOS(backbone, text, encoder, decoder, mask_decoder, mask_head, dim=q.dim,
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
                       fusion=fusion, freeze_backbone=q.freeze_backbone,
-                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout)
+                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout, soc=soc)
     criterion = build_query_criterion(cfg.loss.query, q.dec_layers)
     return model, criterion
+
+
+def build_soc(q: QueryModelConfig, loss: QueryLossConfig) -> SOC | None:
+    """SOC's modules from ``model.query.soc`` (None when its clusters are off)."""
+    s = q.soc
+    if not s.clusters:
+        for key, on in (("model.query.soc.vision_text", s.vision_text),
+                        ("loss.query.contrast", loss.contrast > 0)):
+            if on:
+                raise RVOSError(f"invalid config: {key} needs model.query.soc.clusters: true "
+                                "(it works on the video-level object embeddings)")
+        return None
+    clusters = VideoObjectClusters(q.dim, q.heads, q.num_queries, s.enc_layers, s.dec_layers,
+                                   s.ffn_dim, q.dropout)
+    text_level = max(i for i, stride in enumerate(q.feature_strides) if stride <= 32)
+    return SOC(clusters, TextFromVideo(q.dim, q.heads) if s.vision_text else None, text_level)
 
 
 def build_query_criterion(loss: QueryLossConfig, dec_layers: int) -> QueryCriterion:
@@ -77,5 +95,7 @@ def build_query_criterion(loss: QueryLossConfig, dec_layers: int) -> QueryCriter
                           loss.cost_dice, loss.focal_alpha, loss.focal_gamma)
     weights = {"class": loss.cls, "bbox": loss.bbox, "giou": loss.giou, "mask": loss.mask,
                "dice": loss.dice}
+    if loss.contrast > 0:   # SOC: only when on, so that models without it are not asked for it
+        weights["contrast"] = loss.contrast
     return QueryCriterion(matcher, weights, num_aux=dec_layers - 1 if loss.aux else 0,
                           focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)

@@ -6,7 +6,18 @@ anchors (ReferFormer / SOC / SgMg) are written out in configs/query_ytvos_*.yaml
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SOCConfig:
+    """SOC (Luo et al., NeurIPS 2023; rvos/models/query/soc.py). All off: the base model."""
+
+    clusters: bool = False            # video-level object clusters added back to every frame's queries
+    vision_text: bool = False         # contrastive text embedding from words attending to the clip
+    enc_layers: int = 3               # cluster encoder: self-attention over all T*Q frame queries
+    dec_layers: int = 3               # cluster decoder: sentence-initialised video queries
+    ffn_dim: int = 2048
 
 
 @dataclass
@@ -43,3 +54,6 @@ class QueryModelConfig:
     dynamic_layers: int = 3           # dynamic 1x1 convs per query
     dynamic_channels: int = 8
     rel_coords: bool = True           # add coordinates relative to the query's box centre
+
+    # --- methods plugged into the core (each all-off by default)
+    soc: SOCConfig = field(default_factory=SOCConfig)

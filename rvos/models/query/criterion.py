@@ -10,6 +10,10 @@ Named losses (unweighted), for the final decoder layer and ``<name>_<i>`` for au
     mask   per-pixel sigmoid focal loss of the matched query's masks (upsampled to the
            target size) in every frame (an absent object's target is empty)
     dice   1 - Dice of the same, per frame, averaged over frames
+    contrast  (SOC, only when weighted) video-level contrastive loss: each sentence's text
+           embedding against every video-level object embedding of the batch; the positive
+           is its matched query's, the negatives the other queries of its clip and all
+           queries of the other sentences (see :func:`video_text_contrast`)
 
 ``weights`` maps every name to its config weight (aux layers reuse the final weights).
 """
@@ -26,7 +30,7 @@ from rvos.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
 
-LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice")
+LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice", "contrast")
 
 
 class QueryCriterion(nn.Module):
@@ -82,6 +86,13 @@ class QueryCriterion(nn.Module):
                                   align_corners=False)
         losses["mask"] = sigmoid_focal_loss(masks, target_masks, self.focal_alpha, self.focal_gamma)
         losses["dice"] = dice_loss(masks.flatten(0, 1), target_masks.flatten(0, 1))
+        if "contrast" in self.weights:   # SOC
+            if "soc_video_embed" not in output.extras:
+                raise ValueError("loss.query.contrast needs a model with SOC's video-level "
+                                 "object embeddings (model.query.soc.clusters)")
+            losses["contrast"] = video_text_contrast(
+                output.extras["soc_video_embed"], output.extras["soc_text_embed"], query,
+                same_referent(batch))
         return losses
 
     def forward(self, output: RVOSOutput, batch: ClipBatch) -> dict[str, Tensor]:
@@ -91,3 +102,37 @@ class QueryCriterion(nn.Module):
         for i, aux in enumerate(output.aux[:self.num_aux]):
             losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, batch).items()})
         return losses
+
+
+def same_referent(batch: ClipBatch) -> Tensor:
+    """(B, B) bool: sentences i != j that refer to the same object of the same video
+    (known object ids only), whose positives must not be each other's negatives."""
+    keys = [(m.video, tuple(m.obj_ids)) if m.obj_ids else None for m in batch.meta]
+    b = len(keys)
+    same = torch.zeros(b, b, dtype=torch.bool)
+    for i in range(b):
+        for j in range(b):
+            same[i, j] = i != j and keys[i] is not None and keys[i] == keys[j]
+    return same.to(batch.valid.device)
+
+
+def video_text_contrast(video: Tensor, text: Tensor, query: Tensor,
+                        same: Tensor | None = None) -> Tensor:
+    """SOC's multi-modal contrastive supervision at the video level.
+
+    video (B, Q, C) video-level object embeddings, text (B, C) sentence embeddings, query (B,)
+    each sentence's matched query, ``same`` (B, B) bool pairs of sentences with one referent.
+    Similarity = dot product / C (the official scaling); for sentence i the candidates are
+    all B*Q video embeddings of the batch, the positive is (i, query[i]); cross-entropy,
+    averaged over sentences. A matched embedding of another sentence about the same object
+    is left out of i's candidates rather than pushed away.
+    """
+    b, q, c = video.shape
+    logits = text.float() @ video.float().reshape(b * q, c).T / c            # (B, B*Q)
+    positive = torch.arange(b, device=video.device) * q + query
+    if same is not None and same.any():
+        excluded = torch.zeros_like(logits, dtype=torch.bool)
+        rows, cols = same.nonzero(as_tuple=True)
+        excluded[rows, positive[cols]] = True
+        logits = logits.masked_fill(excluded, float("-inf"))
+    return F.cross_entropy(logits, positive)

@@ -22,6 +22,7 @@ from rvos.models.outputs import RVOSOutput
 from rvos.models.query.fusion import VisionLanguageFusion
 from rvos.models.query.layers import FeatureResizer, sine_position_1d, sine_position_2d
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder, group_norm
+from rvos.models.query.soc import SOC
 from rvos.models.query.transformer import DeformableDecoder, DeformableEncoder
 from rvos.models.sharing import frame_index_for
 from rvos.models.text import TextEncoder
@@ -46,13 +47,14 @@ class QueryRVOS(nn.Module):
                  mask_head: DynamicMaskHead, *, dim: int, num_queries: int,
                  feature_strides: tuple[int, ...], fusion: VisionLanguageFusion | None = None,
                  freeze_backbone: bool = False, frozen_backbone_bn: bool = False,
-                 text_dropout: float = 0.1):
+                 text_dropout: float = 0.1, soc: SOC | None = None):
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.encoder, self.decoder = encoder, decoder
         self.mask_decoder, self.mask_head = mask_decoder, mask_head
         self.fusion = fusion
+        self.soc = soc   # SOC: video-level object clusters (rvos/models/query/soc.py); None = base
         self.dim, self.num_queries = dim, num_queries
         self.feature_strides = tuple(feature_strides)
         self.freeze_backbone = freeze_backbone
@@ -170,6 +172,10 @@ class QueryRVOS(nn.Module):
         tgt = sentence.repeat_interleave(t, 0)[:, None, :].expand(-1, q, -1)
         reference = self.reference_points(query_pos).sigmoid()            # (N, Q, 2)
         hs, scores, boxes = self.decoder(tgt, query_pos, reference, memory, shapes)
+        soc_extras: dict[str, Tensor] = {}
+        if self.soc is not None:   # SOC: every frame's queries get their clip's video embedding
+            hs, scores, boxes, soc_extras = self.soc(hs, reference, boxes, self.decoder, sentence,
+                                                     words, text.padding_mask, memory, shapes, t)
 
         mask_features = self.mask_features(maps, memory, shapes, sentence.repeat_interleave(t, 0))
         outputs = []
@@ -182,6 +188,9 @@ class QueryRVOS(nn.Module):
         final = outputs[-1]
         final.aux = outputs[:-1]
         final.extras = {"reference_points": reference.view(b, t, q, 2)}
+        for layer, out in enumerate(outputs if soc_extras else []):   # SOC's loss, per layer
+            out.extras.update(soc_video_embed=soc_extras["soc_video_embed"][layer],
+                              soc_text_embed=soc_extras["soc_text_embed"])
         return final
 
     def mask_features(self, maps: list[Tensor], memory: Tensor, shapes: list[tuple[int, int]],
