@@ -30,7 +30,8 @@ from rvos.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
 
-LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice", "contrast")
+LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice")
+METHOD_LOSS_NAMES = ("contrast",)     # returned only when weighted: SOC
 
 
 class QueryCriterion(nn.Module):
@@ -43,9 +44,10 @@ class QueryCriterion(nn.Module):
     def __init__(self, matcher: ClipMatcher, weights: dict[str, float], num_aux: int = 0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
-        unknown = set(weights) - set(LOSS_NAMES)
+        unknown = set(weights) - set(LOSS_NAMES + METHOD_LOSS_NAMES)
         if unknown:
-            raise ValueError(f"unknown loss names {sorted(unknown)}; known: {LOSS_NAMES}")
+            raise ValueError(f"unknown loss names {sorted(unknown)}; "
+                             f"known: {LOSS_NAMES + METHOD_LOSS_NAMES}")
         self.matcher = matcher
         self.num_aux = num_aux
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
