@@ -18,6 +18,13 @@ every frame) and for the video queries; a final LayerNorm; the video embedding o
 added to frame query q of every frame of every decoder layer, and the per-layer class/box
 heads are applied again to the sum around the decoder's own reference points; the text
 embedding is the mean of the words after they attend to the clip's coarsest level.
+
+Where this differs: the words attend to the encoder memory of that level (official: its
+projection before the encoder); the dynamic mask heads centre their relative coordinates
+on the boxes decoded from hs' (official: the decoder's own boxes), so a mask and the box
+reported with it agree; the contrastive negatives span the batch (see
+:func:`rvos.models.query.criterion.video_text_contrast`). As in the official module, the
+cluster encoder has no frame-order code: frames are told apart by content only.
 """
 
 from __future__ import annotations
