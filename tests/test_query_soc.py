@@ -12,7 +12,7 @@ import torch
 from rvos.config import load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
-from rvos.models.backbones import torchvision_weights
+from rvos.models.backbones import clip_features, torchvision_weights
 from rvos.models.build import build_model
 from rvos.models.query.build import validate_query_config
 from rvos.models.query.criterion import same_referent, video_text_contrast
@@ -218,3 +218,35 @@ def test_soc_synth_config_trains_a_step(monkeypatch):
     total.backward()
     assert torch.isfinite(total) and "contrast" in losses
     assert model.soc.clusters.video_query_pos.weight.grad is not None
+
+
+def test_the_contrastive_loss_alone_can_be_lowered():
+    """At the official scaling (dot / C) the loss starts near log(B*Q); its own gradient
+    must still move the text and video embeddings towards the matched pairs."""
+    model, criterion = build(*SOC_ON)
+    model.train()
+    batch = clip_batch(t=2)
+    with torch.no_grad():                            # backbone maps once: only the rest trains
+        maps = clip_features(model.backbone, batch.frames)
+    opt = torch.optim.Adam([p for n, p in model.named_parameters()
+                            if p.requires_grad and not n.startswith("backbone.")], lr=2e-3)
+    losses = []
+    for _ in range(5):
+        loss = criterion(model.forward_maps(maps, batch.texts, 2), batch)["contrast"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_a_weighted_contrast_needs_the_video_embeddings(soc):
+    model, criterion = soc
+    model.eval()
+    batch = clip_batch(t=2)
+    part, model.soc = model.soc, None                # the base model's output, no embeddings
+    try:
+        with torch.no_grad(), pytest.raises(ValueError, match="soc.clusters"):
+            criterion(model(batch.frames, batch.texts), batch)
+    finally:
+        model.soc = part
