@@ -36,7 +36,9 @@ class QueryRVOS(nn.Module):
     forward(frames (B, T, 3, H, W) ImageNet-normalised, texts: B sentences) -> RVOSOutput:
         mask_logits (B, T, Q, H/4, W/4), scores (B, T, Q) logits, boxes (B, T, Q, 4)
         normalised cxcywh, aux = the earlier decoder layers' outputs (same fields), extras
-        {"reference_points": (B, T, Q, 2) initial reference points}.
+        {"reference_points": (B, T, Q, 2) initial reference points}; with ``soc`` (SOC's
+        video-level object clusters) every layer's extras also hold "soc_video_embed"
+        (B, Q, C) and "soc_text_embed" (B, C) for the contrastive loss.
 
     ``feature_strides`` picks the transformer levels: backbone maps at 4/8/16/32 and an
     extra stride-2 conv level (64) on top of the last map.
