@@ -6,7 +6,21 @@ anchors (ReferFormer / SOC / SgMg) are written out in configs/query_ytvos_*.yaml
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BIFITConfig:
+    """BIFIT's modules (rvos/models/query/bifit.py), one switch each; all off is the base."""
+
+    # words attend to the clip's visual tokens of every level before the encoder (the other
+    # direction is ``fusion``), and their pooled feature becomes the queries' content
+    bidirectional: bool = False
+    sentence_pool: str = "first"      # first (official: Linear + tanh of word 0) | mean (of the real words)
+    # after every decoder layer, the T x Q queries of a clip self-attend (+ FFN)
+    inter_frame: bool = False
+    inter_frame_layers: int = 1       # --query_enc_layers; the same layers after every decoder layer
+    inter_frame_gate: bool = False    # x + tanh(g)(f(x) - x), g = 0 at start (not in the paper)
 
 
 @dataclass
@@ -43,3 +57,4 @@ class QueryModelConfig:
     dynamic_layers: int = 3           # dynamic 1x1 convs per query
     dynamic_channels: int = 8
     rel_coords: bool = True           # add coordinates relative to the query's box centre
+    bifit: BIFITConfig = field(default_factory=BIFITConfig)   # BIFIT's modules, all off by default
