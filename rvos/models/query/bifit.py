@@ -13,7 +13,8 @@ models/deformable_transformer.py at commit 3c88769) that these modules implement
   to the words, is ReferFormer's early fusion and uses the encoder's *initial* words, so
   the two directions are independent given the projected levels. One attention is shared
   by all levels. The updated words replace the text encoder's pooled sentence: a
-  Linear + tanh of their first token becomes the content of every object query.
+  Linear + tanh of their first token becomes the content of every object query (the
+  mask branch keeps reading the encoder's own text features, here the base's sentence).
 - Inter-frame interaction in the decoder: after every deformable decoder layer, the
   T x Q queries of a clip pass through a post-norm transformer encoder layer
   (self-attention without positional encoding, then an FFN of the transformer's width);
