@@ -254,6 +254,8 @@ RULES: dict[str, Rule] = {
     "model.query.soc.enc_layers": NONNEG,
     "model.query.soc.dec_layers": COUNT,
     "model.query.soc.ffn_dim": COUNT,
+    "model.query.bifit.sentence_pool": one_of("first", "mean"),
+    "model.query.bifit.inter_frame_layers": COUNT,
     "model.grounding.backbone_dtype": one_of("float32", "bfloat16"),
     "model.grounding.seg_dim": COUNT,
     "model.grounding.refine_dim": COUNT,

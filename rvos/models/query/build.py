@@ -8,6 +8,7 @@ from rvos.config import Config, QueryLossConfig
 from rvos.errors import RVOSError
 from rvos.matcher import ClipMatcher
 from rvos.models.backbones import build_backbone
+from rvos.models.query.bifit import SENTENCE_POOLS, InterFrameInteraction, VisionToWords
 from rvos.models.query.config import QueryModelConfig
 from rvos.models.query.criterion import QueryCriterion
 from rvos.models.query.fusion import FUSION_MODES, VisionLanguageFusion
@@ -44,6 +45,12 @@ def validate_query_config(q: QueryModelConfig) -> None:
         raise bad("fusion", f"must be one of {', '.join(FUSION_MODES)}, got {q.fusion!r}")
     if not 0 <= q.dropout < 1:
         raise bad("dropout", f"must lie in [0, 1), got {q.dropout}")
+    if q.bifit.bidirectional and q.fusion == "none":     # BIFIT
+        raise bad("bifit.bidirectional", "needs model.query.fusion add or multiply (the other direction)")
+    if q.bifit.sentence_pool not in SENTENCE_POOLS:
+        raise bad("bifit.sentence_pool", f"must be one of {', '.join(SENTENCE_POOLS)}, got {q.bifit.sentence_pool!r}")
+    if q.bifit.inter_frame_layers < 1:
+        raise bad("bifit.inter_frame_layers", f"must be >= 1, got {q.bifit.inter_frame_layers}")
 
 
 def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
@@ -64,10 +71,17 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
     mask_head = DynamicMaskHead(q.dim, q.mask_dim, q.dynamic_layers, q.dynamic_channels, q.rel_coords)
     fusion = None if q.fusion == "none" else VisionLanguageFusion(q.dim, q.heads, q.fusion, q.dropout)
     soc = build_soc(q, cfg.loss.query)
+    # BIFIT: its word attention has no dropout in the official model; it gates like ``fusion``
+    bifit_words = VisionToWords(q.dim, q.heads, q.fusion, q.bifit.sentence_pool) \
+        if q.bifit.bidirectional else None
+    bifit_inter_frame = InterFrameInteraction(q.dim, q.heads, q.ffn_dim, q.dropout,
+                                              q.bifit.inter_frame_layers, q.bifit.inter_frame_gate) \
+        if q.bifit.inter_frame else None
     model = QueryRVOS(backbone, text, encoder, decoder, mask_decoder, mask_head, dim=q.dim,
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
                       fusion=fusion, freeze_backbone=q.freeze_backbone,
-                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout, soc=soc)
+                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout, soc=soc,
+                      bifit_words=bifit_words, bifit_inter_frame=bifit_inter_frame)
     criterion = build_query_criterion(cfg.loss.query, q.dec_layers)
     return model, criterion
 

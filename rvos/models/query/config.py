@@ -21,6 +21,20 @@ class SOCConfig:
 
 
 @dataclass
+class BIFITConfig:
+    """BIFIT's modules (rvos/models/query/bifit.py), one switch each; all off is the base."""
+
+    # words attend to the clip's visual tokens of every level before the encoder (the other
+    # direction is ``fusion``), and their pooled feature becomes the queries' content
+    bidirectional: bool = False
+    sentence_pool: str = "first"      # first (official: Linear + tanh of word 0) | mean (of the real words)
+    # after every decoder layer, the T x Q queries of a clip self-attend (+ FFN)
+    inter_frame: bool = False
+    inter_frame_layers: int = 1       # --query_enc_layers; the same layers after every decoder layer
+    inter_frame_gate: bool = False    # x + tanh(g)(f(x) - x), g = 0 at start (not in the paper)
+
+
+@dataclass
 class QueryModelConfig:
     """Query-based (ReferFormer-style) model settings."""
 
@@ -57,3 +71,4 @@ class QueryModelConfig:
 
     # --- methods plugged into the core (each all-off by default)
     soc: SOCConfig = field(default_factory=SOCConfig)
+    bifit: BIFITConfig = field(default_factory=BIFITConfig)

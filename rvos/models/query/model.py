@@ -13,12 +13,15 @@ Everything per frame is batched over the B * T frames of the clips.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.models.backbones import clip_features
 from rvos.models.outputs import RVOSOutput
+from rvos.models.query.bifit import InterFrameInteraction, VisionToWords
 from rvos.models.query.fusion import VisionLanguageFusion
 from rvos.models.query.layers import FeatureResizer, sine_position_1d, sine_position_2d
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder, group_norm
@@ -49,7 +52,9 @@ class QueryRVOS(nn.Module):
                  mask_head: DynamicMaskHead, *, dim: int, num_queries: int,
                  feature_strides: tuple[int, ...], fusion: VisionLanguageFusion | None = None,
                  freeze_backbone: bool = False, frozen_backbone_bn: bool = False,
-                 text_dropout: float = 0.1, soc: SOC | None = None):
+                 text_dropout: float = 0.1, soc: SOC | None = None,
+                 bifit_words: VisionToWords | None = None,
+                 bifit_inter_frame: InterFrameInteraction | None = None):
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -92,6 +97,8 @@ class QueryRVOS(nn.Module):
         self.reference_points = nn.Linear(dim, 2)
         nn.init.xavier_uniform_(self.reference_points.weight)
         nn.init.zeros_(self.reference_points.bias)
+        # BIFIT (bifit.py): words updated by vision seed the queries; queries interact across frames
+        self.bifit_words, self.bifit_inter_frame = bifit_words, bifit_inter_frame
 
     def train(self, mode: bool = True) -> "QueryRVOS":
         super().train(mode)
@@ -166,14 +173,19 @@ class QueryRVOS(nn.Module):
         words = self.word_proj(text.words)                                 # (B, L, C)
         sentence = self.sentence_proj(text.sentence)                       # (B, C)
 
-        levels = self.fuse_text(self.levels(maps), words, text.padding_mask, b)
+        levels = self.levels(maps)
+        query_text = sentence if self.bifit_words is None else \
+            self.bifit_words(levels, words, text.padding_mask, b)         # BIFIT (B, C)
+        levels = self.fuse_text(levels, words, text.padding_mask, b)
         src, pos, shapes = self.flatten_levels(levels)
         memory = self.encoder(src, pos, shapes)                            # (N, S, C)
 
         query_pos = self.query_embed.weight[None].expand(n, -1, -1)        # (N, Q, C)
-        tgt = sentence.repeat_interleave(t, 0)[:, None, :].expand(-1, q, -1)
+        tgt = query_text.repeat_interleave(t, 0)[:, None, :].expand(-1, q, -1)
         reference = self.reference_points(query_pos).sigmoid()            # (N, Q, 2)
-        hs, scores, boxes = self.decoder(tgt, query_pos, reference, memory, shapes)
+        between = None if self.bifit_inter_frame is None else \
+            partial(self.bifit_inter_frame, num_frames=t)                  # BIFIT
+        hs, scores, boxes = self.decoder(tgt, query_pos, reference, memory, shapes, between)
         soc_extras: dict[str, Tensor] = {}
         if self.soc is not None:   # SOC: every frame's queries get their clip's video embedding
             hs, scores, boxes, soc_extras = self.soc(hs, reference, boxes, self.decoder, sentence,

@@ -7,6 +7,8 @@ in every frame of a clip, which is what links "query q" across the clip.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -114,6 +116,8 @@ class DeformableDecoder(nn.Module):
     forward(tgt (N, Q, C), query_pos (N, Q, C), reference (N, Q, 2) normalised points,
             memory (N, S, C), spatial_shapes) -> (hs (D, N, Q, C), scores (D, N, Q) logits,
             boxes (D, N, Q, 4) normalised cxcywh) for the D layers.
+    ``between_layers`` (N, Q, C) -> (N, Q, C), if given, runs on every layer's output
+    before its heads (e.g. BIFIT's inter-frame interaction).
     """
 
     def __init__(self, layers: list[DeformableDecoderLayer], dim: int, box_refine: bool = True):
@@ -133,11 +137,14 @@ class DeformableDecoder(nn.Module):
                 head.layers[-1].bias[2:] = -2.0              # initial boxes ~12% of the frame
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor,
-                spatial_shapes: SpatialShapes) -> tuple[Tensor, Tensor, Tensor]:
+                spatial_shapes: SpatialShapes, between_layers: Callable[[Tensor], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
         hs, scores, boxes = [], [], []
         out = tgt
         for i, layer in enumerate(self.layers):
             out = layer(out, query_pos, reference, memory, spatial_shapes)
+            if between_layers is not None:
+                out = between_layers(out)
             head = i if self.box_refine else 0
             delta = self.box_heads[head](out)
             if reference.shape[-1] == 4:
