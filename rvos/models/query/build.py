@@ -13,6 +13,8 @@ from rvos.models.query.criterion import QueryCriterion
 from rvos.models.query.fusion import FUSION_MODES, VisionLanguageFusion
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder
 from rvos.models.query.model import QueryRVOS
+from rvos.models.query.sgmg import (SGMG_LOSS_NAMES, DetailOptimizer, MultiGranularityHead,
+                                   SpectrumFusion, validate_sgmg_config)
 from rvos.models.query.transformer import (DeformableDecoder, DeformableDecoderLayer,
                                            DeformableEncoder, DeformableEncoderLayer)
 from rvos.models.text import TextEncoder
@@ -43,6 +45,7 @@ def validate_query_config(q: QueryModelConfig) -> None:
         raise bad("fusion", f"must be one of {', '.join(FUSION_MODES)}, got {q.fusion!r}")
     if not 0 <= q.dropout < 1:
         raise bad("dropout", f"must lie in [0, 1), got {q.dropout}")
+    validate_sgmg_config(q)
 
 
 def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
@@ -62,20 +65,38 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
     mask_decoder = MaskFeatureDecoder([q.dim] * fpn_inputs, q.dim, q.mask_dim)
     mask_head = DynamicMaskHead(q.dim, q.mask_dim, q.dynamic_layers, q.dynamic_channels, q.rel_coords)
     fusion = None if q.fusion == "none" else VisionLanguageFusion(q.dim, q.heads, q.fusion, q.dropout)
+    # --- SgMg (Miao et al., ICCV 2023): spectral filters around the fusion; the dynamic heads
+    # segment the encoder memory into P x P patch masks, refined by the detail optimizer
+    sg = q.sgmg
+    sgmg_spectrum = SpectrumFusion(q.dim, num_levels, sg.spectrum_sigma) if sg.spectrum_fusion else None
+    sgmg_head = None
+    if sg.multi_granularity:
+        mask_decoder = None
+        mask_head = DynamicMaskHead(q.dim, q.dim, q.dynamic_layers, q.dynamic_channels,
+                                    q.rel_coords, out_channels=sg.patch_size ** 2)
+        sgmg_head = MultiGranularityHead(
+            DetailOptimizer(sg.patch_size, backbone.channels[1], backbone.channels[0]), sg.refine)
     model = QueryRVOS(backbone, text, encoder, decoder, mask_decoder, mask_head, dim=q.dim,
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
                       fusion=fusion, freeze_backbone=q.freeze_backbone,
-                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout)
-    criterion = build_query_criterion(cfg.loss.query, q.dec_layers)
+                      frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout,
+                      sgmg_spectrum=sgmg_spectrum, sgmg_head=sgmg_head)
+    criterion = build_query_criterion(cfg.loss.query, q.dec_layers,
+                                      coarse_masks=q.sgmg.multi_granularity)
     return model, criterion
 
 
-def build_query_criterion(loss: QueryLossConfig, dec_layers: int) -> QueryCriterion:
+def build_query_criterion(loss: QueryLossConfig, dec_layers: int,
+                          coarse_masks: bool = False) -> QueryCriterion:
     """The query family's criterion: Hungarian matching with ``loss.cost_*``, the named
-    losses weighted by ``loss``, every decoder layer supervised when ``loss.aux``."""
+    losses weighted by ``loss``, every decoder layer supervised when ``loss.aux``;
+    ``coarse_masks``: the model has SgMg's head, whose coarse masks are weighted by
+    ``loss.sgmg_coarse_*`` (where not 0)."""
     matcher = ClipMatcher(loss.cost_cls, loss.cost_bbox, loss.cost_giou, loss.cost_mask,
                           loss.cost_dice, loss.focal_alpha, loss.focal_gamma)
     weights = {"class": loss.cls, "bbox": loss.bbox, "giou": loss.giou, "mask": loss.mask,
                "dice": loss.dice}
+    if coarse_masks:        # SgMg
+        weights.update({k: getattr(loss, k) for k in SGMG_LOSS_NAMES if getattr(loss, k)})
     return QueryCriterion(matcher, weights, num_aux=dec_layers - 1 if loss.aux else 0,
                           focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)

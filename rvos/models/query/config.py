@@ -6,7 +6,24 @@ anchors (ReferFormer / SOC / SgMg) are written out in configs/query_ytvos_*.yaml
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SgMgConfig:
+    """SgMg's modules (Miao et al., ICCV 2023; rvos/models/query/sgmg.py), each off by
+    default so that the default is the unchanged core."""
+
+    # Spectrum-guided cross-modal fusion: a residual spectral filter before and after each
+    # level's fusion with the words (needs model.query.fusion add or multiply)
+    spectrum_fusion: bool = False
+    spectrum_sigma: float = 7.0       # width of the damped band, in frequency bins of the finest level
+    # Multi-granularity segment-and-optimize head: the dynamic kernels segment the encoder
+    # memory (stride 8) into coarse patch masks, then a detail optimizer refines them with the
+    # backbone's stride-8 and stride-4 maps (needs feature_strides to start at 8)
+    multi_granularity: bool = False
+    patch_size: int = 4               # each stride-8 position predicts a patch x patch mask block
+    refine: str = "best"              # at inference, refine the best-scoring query only, or "all"
 
 
 @dataclass
@@ -43,3 +60,6 @@ class QueryModelConfig:
     dynamic_layers: int = 3           # dynamic 1x1 convs per query
     dynamic_channels: int = 8
     rel_coords: bool = True           # add coordinates relative to the query's box centre
+
+    # --- methods' own modules (off by default)
+    sgmg: SgMgConfig = field(default_factory=SgMgConfig)

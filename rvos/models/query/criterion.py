@@ -11,6 +11,10 @@ Named losses (unweighted), for the final decoder layer and ``<name>_<i>`` for au
            target size) in every frame (an absent object's target is empty)
     dice   1 - Dice of the same, per frame, averaged over frames
 
+SgMg's coarse masks (``output.extras["sgmg_coarse_logits"]``, when present) add
+``sgmg_coarse_mask`` and ``sgmg_coarse_dice``: the same two losses of the matched query's
+coarse masks (see rvos/models/query/sgmg.py).
+
 ``weights`` maps every name to its config weight (aux layers reuse the final weights).
 """
 
@@ -25,6 +29,7 @@ from rvos.losses import dice_loss, sigmoid_focal_loss
 from rvos.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
+from rvos.models.query.sgmg import SGMG_LOSS_NAMES, coarse_mask_losses
 
 LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice")
 
@@ -39,9 +44,10 @@ class QueryCriterion(nn.Module):
     def __init__(self, matcher: ClipMatcher, weights: dict[str, float], num_aux: int = 0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
-        unknown = set(weights) - set(LOSS_NAMES)
+        unknown = set(weights) - set(LOSS_NAMES) - set(SGMG_LOSS_NAMES)
         if unknown:
-            raise ValueError(f"unknown loss names {sorted(unknown)}; known: {LOSS_NAMES}")
+            raise ValueError(f"unknown loss names {sorted(unknown)}; known: "
+                             f"{LOSS_NAMES + SGMG_LOSS_NAMES}")
         self.matcher = matcher
         self.num_aux = num_aux
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -82,6 +88,9 @@ class QueryCriterion(nn.Module):
                                   align_corners=False)
         losses["mask"] = sigmoid_focal_loss(masks, target_masks, self.focal_alpha, self.focal_gamma)
         losses["dice"] = dice_loss(masks.flatten(0, 1), target_masks.flatten(0, 1))
+        if "sgmg_coarse_logits" in output.extras:      # SgMg: the coarse masks are supervised too
+            coarse = output.extras["sgmg_coarse_logits"][picked, :, query]
+            losses.update(coarse_mask_losses(coarse, batch.masks, self.focal_alpha, self.focal_gamma))
         return losses
 
     def forward(self, output: RVOSOutput, batch: ClipBatch) -> dict[str, Tensor]:
