@@ -111,6 +111,10 @@ class QueryLossConfig:
     cost_mask: float = 2.0
     cost_dice: float = 5.0
     contrast: float = 0.0             # SOC's video-level text/object contrastive loss (0 = off)
+    # SgMg: focal and Dice of the coarse (segment) masks, beside the refined ones (2 and 5 in
+    # the official recipe); used where model.query.sgmg.multi_granularity is on
+    sgmg_coarse_mask: float = 0.0
+    sgmg_coarse_dice: float = 0.0
 
 
 @dataclass
@@ -256,6 +260,9 @@ RULES: dict[str, Rule] = {
     "model.query.soc.ffn_dim": COUNT,
     "model.query.bifit.sentence_pool": one_of("first", "mean"),
     "model.query.bifit.inter_frame_layers": COUNT,
+    "model.query.sgmg.spectrum_sigma": POSITIVE_REAL,
+    "model.query.sgmg.patch_size": COUNT,
+    "model.query.sgmg.refine": one_of("best", "all"),
     "model.grounding.backbone_dtype": one_of("float32", "bfloat16"),
     "model.grounding.seg_dim": COUNT,
     "model.grounding.refine_dim": COUNT,
@@ -280,7 +287,7 @@ RULES: dict[str, Rule] = {
     **{f"loss.query.{k}": NONNEG_REAL
        for k in ("cls", "bbox", "giou", "mask", "dice", "focal_gamma",
                  "cost_cls", "cost_bbox", "cost_giou", "cost_mask", "cost_dice",
-                 "contrast")},
+                 "contrast", "sgmg_coarse_mask", "sgmg_coarse_dice")},
     "optim.lr": POSITIVE_REAL,
     "optim.weight_decay": NONNEG_REAL,
     "optim.backbone_lr_mult": NONNEG_REAL,
@@ -322,6 +329,12 @@ def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
     if 64 in m.query.feature_strides and 32 not in m.query.feature_strides:
         bad.append(("model.query.feature_strides", list(m.query.feature_strides),
                     "can only add 64 on top of 32"))
+    sg = m.query.sgmg
+    if sg.spectrum_fusion and m.query.fusion == "none":
+        bad.append(("model.query.sgmg.spectrum_fusion", True, "needs model.query.fusion add or multiply"))
+    if sg.multi_granularity and tuple(m.query.feature_strides)[:1] != (8,):
+        bad.append(("model.query.sgmg.multi_granularity", True,
+                    "needs model.query.feature_strides to start at 8"))
     if m.grounding.nms_kernel % 2 == 0:
         bad.append(("model.grounding.nms_kernel", m.grounding.nms_kernel, "must be odd"))
     if m.grounding.backbone.startswith("video_swin"):

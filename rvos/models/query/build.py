@@ -15,6 +15,8 @@ from rvos.models.query.fusion import FUSION_MODES, VisionLanguageFusion
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder
 from rvos.models.query.model import QueryRVOS
 from rvos.models.query.soc import SOC, TextFromVideo, VideoObjectClusters
+from rvos.models.query.sgmg import (SGMG_LOSS_NAMES, DetailOptimizer, MultiGranularityHead,
+                                   SpectrumFusion, validate_sgmg_config)
 from rvos.models.query.transformer import (DeformableDecoder, DeformableDecoderLayer,
                                            DeformableEncoder, DeformableEncoderLayer)
 from rvos.models.text import TextEncoder
@@ -51,6 +53,7 @@ def validate_query_config(q: QueryModelConfig) -> None:
         raise bad("bifit.sentence_pool", f"must be one of {', '.join(SENTENCE_POOLS)}, got {q.bifit.sentence_pool!r}")
     if q.bifit.inter_frame_layers < 1:
         raise bad("bifit.inter_frame_layers", f"must be >= 1, got {q.bifit.inter_frame_layers}")
+    validate_sgmg_config(q)
 
 
 def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
@@ -77,12 +80,25 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
     bifit_inter_frame = InterFrameInteraction(q.dim, q.heads, q.ffn_dim, q.dropout,
                                               q.bifit.inter_frame_layers, q.bifit.inter_frame_gate) \
         if q.bifit.inter_frame else None
+    # --- SgMg (Miao et al., ICCV 2023): spectral filters around the fusion; the dynamic heads
+    # segment the encoder memory into P x P patch masks, refined by the detail optimizer
+    sg = q.sgmg
+    sgmg_spectrum = SpectrumFusion(q.dim, num_levels, sg.spectrum_sigma) if sg.spectrum_fusion else None
+    sgmg_head = None
+    if sg.multi_granularity:
+        mask_decoder = None
+        mask_head = DynamicMaskHead(q.dim, q.dim, q.dynamic_layers, q.dynamic_channels,
+                                    q.rel_coords, out_channels=sg.patch_size ** 2)
+        sgmg_head = MultiGranularityHead(
+            DetailOptimizer(sg.patch_size, backbone.channels[1], backbone.channels[0]), sg.refine)
     model = QueryRVOS(backbone, text, encoder, decoder, mask_decoder, mask_head, dim=q.dim,
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
                       fusion=fusion, freeze_backbone=q.freeze_backbone,
                       frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout, soc=soc,
-                      bifit_words=bifit_words, bifit_inter_frame=bifit_inter_frame)
-    criterion = build_query_criterion(cfg.loss.query, q.dec_layers)
+                      bifit_words=bifit_words, bifit_inter_frame=bifit_inter_frame,
+                      sgmg_spectrum=sgmg_spectrum, sgmg_head=sgmg_head)
+    criterion = build_query_criterion(cfg.loss.query, q.dec_layers,
+                                      coarse_masks=q.sgmg.multi_granularity)
     return model, criterion
 
 
@@ -102,14 +118,19 @@ def build_soc(q: QueryModelConfig, loss: QueryLossConfig) -> SOC | None:
     return SOC(clusters, TextFromVideo(q.dim, q.heads) if s.vision_text else None, text_level)
 
 
-def build_query_criterion(loss: QueryLossConfig, dec_layers: int) -> QueryCriterion:
+def build_query_criterion(loss: QueryLossConfig, dec_layers: int,
+                          coarse_masks: bool = False) -> QueryCriterion:
     """The query family's criterion: Hungarian matching with ``loss.cost_*``, the named
-    losses weighted by ``loss``, every decoder layer supervised when ``loss.aux``."""
+    losses weighted by ``loss``, every decoder layer supervised when ``loss.aux``;
+    ``coarse_masks``: the model has SgMg's head, whose coarse masks are weighted by
+    ``loss.sgmg_coarse_*`` (where not 0)."""
     matcher = ClipMatcher(loss.cost_cls, loss.cost_bbox, loss.cost_giou, loss.cost_mask,
                           loss.cost_dice, loss.focal_alpha, loss.focal_gamma)
     weights = {"class": loss.cls, "bbox": loss.bbox, "giou": loss.giou, "mask": loss.mask,
                "dice": loss.dice}
     if loss.contrast > 0:   # SOC: only when on, so that models without it are not asked for it
         weights["contrast"] = loss.contrast
+    if coarse_masks:        # SgMg
+        weights.update({k: getattr(loss, k) for k in SGMG_LOSS_NAMES if getattr(loss, k)})
     return QueryCriterion(matcher, weights, num_aux=dec_layers - 1 if loss.aux else 0,
                           focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)

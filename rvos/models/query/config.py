@@ -35,6 +35,23 @@ class BIFITConfig:
 
 
 @dataclass
+class SgMgConfig:
+    """SgMg's modules (Miao et al., ICCV 2023; rvos/models/query/sgmg.py), each off by
+    default so that the default is the unchanged core."""
+
+    # Spectrum-guided cross-modal fusion: a residual spectral filter before and after each
+    # level's fusion with the words (needs model.query.fusion add or multiply)
+    spectrum_fusion: bool = False
+    spectrum_sigma: float = 7.0       # width of the damped band, in frequency bins of the finest level
+    # Multi-granularity segment-and-optimize head: the dynamic kernels segment the encoder
+    # memory (stride 8) into coarse patch masks, then a detail optimizer refines them with the
+    # backbone's stride-8 and stride-4 maps (needs feature_strides to start at 8)
+    multi_granularity: bool = False
+    patch_size: int = 4               # each stride-8 position predicts a patch x patch mask block
+    refine: str = "best"              # at inference, refine the best-scoring query only, or "all"
+
+
+@dataclass
 class QueryModelConfig:
     """Query-based (ReferFormer-style) model settings."""
 
@@ -72,3 +89,4 @@ class QueryModelConfig:
     # --- methods plugged into the core (each all-off by default)
     soc: SOCConfig = field(default_factory=SOCConfig)
     bifit: BIFITConfig = field(default_factory=BIFITConfig)
+    sgmg: SgMgConfig = field(default_factory=SgMgConfig)

@@ -15,6 +15,10 @@ Named losses (unweighted), for the final decoder layer and ``<name>_<i>`` for au
            is its matched query's, the negatives the other queries of its clip and all
            queries of the other sentences (see :func:`video_text_contrast`)
 
+SgMg's coarse masks (``output.extras["sgmg_coarse_logits"]``, when present) add
+``sgmg_coarse_mask`` and ``sgmg_coarse_dice``: the same two losses of the matched query's
+coarse masks (see rvos/models/query/sgmg.py).
+
 ``weights`` maps every name to its config weight (aux layers reuse the final weights).
 """
 
@@ -29,9 +33,10 @@ from rvos.losses import dice_loss, sigmoid_focal_loss
 from rvos.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
+from rvos.models.query.sgmg import SGMG_LOSS_NAMES, coarse_mask_losses
 
 LOSS_NAMES = ("class", "bbox", "giou", "mask", "dice")
-METHOD_LOSS_NAMES = ("contrast",)     # returned only when weighted: SOC
+METHOD_LOSS_NAMES = ("contrast",) + SGMG_LOSS_NAMES   # returned only when weighted: SOC, SgMg
 
 
 class QueryCriterion(nn.Module):
@@ -95,6 +100,9 @@ class QueryCriterion(nn.Module):
             losses["contrast"] = video_text_contrast(
                 output.extras["soc_video_embed"], output.extras["soc_text_embed"], query,
                 same_referent(batch))
+        if "sgmg_coarse_logits" in output.extras:      # SgMg: the coarse masks are supervised too
+            coarse = output.extras["sgmg_coarse_logits"][picked, :, query]
+            losses.update(coarse_mask_losses(coarse, batch.masks, self.focal_alpha, self.focal_gamma))
         return losses
 
     def forward(self, output: RVOSOutput, batch: ClipBatch) -> dict[str, Tensor]:

@@ -61,14 +61,15 @@ class DynamicMaskHead(nn.Module):
     coordinates relative to the query's box centre.
 
     forward(queries (N, Q, C), mask_features (N, M, h, w), centres (N, Q, 2) normalised
-    (x, y)) -> mask logits (N, Q, h, w)
+    (x, y)) -> mask logits (N, Q, h, w), or (N, Q, out_channels, h, w) when the last layer
+    has ``out_channels`` > 1 (SgMg's patch masks)
 
     Relative coordinates are (centre - pixel centre) in normalised units (so in [-1, 1]
     whatever the resolution); ReferFormer uses input pixels, which grow with the image.
     """
 
     def __init__(self, dim: int, mask_dim: int, num_layers: int = 3, channels: int = 8,
-                 rel_coords: bool = True):
+                 rel_coords: bool = True, out_channels: int = 1):
         super().__init__()
         if num_layers < 1:
             raise ValueError("the dynamic mask head needs at least one layer")
@@ -76,10 +77,10 @@ class DynamicMaskHead(nn.Module):
         cin = mask_dim + (2 if rel_coords else 0)
         self.shapes = []                        # (out, in) of each dynamic layer
         for i in range(num_layers):
-            cout = 1 if i == num_layers - 1 else channels
+            cout = out_channels if i == num_layers - 1 else channels
             self.shapes.append((cout, cin))
             cin = cout
-        self.mask_dim = mask_dim
+        self.mask_dim, self.out_channels = mask_dim, out_channels
         self.num_params = sum(o * i + o for o, i in self.shapes)
         self.controller = MLP(dim, dim, self.num_params, 3)
         for layer in self.controller.layers:
@@ -111,4 +112,4 @@ class DynamicMaskHead(nn.Module):
         x = x + bias[..., None]
         for weight, bias in layers[1:]:
             x = torch.einsum("nqoc,nqck->nqok", weight, F.relu(x)) + bias[..., None]
-        return x.view(n, q, h, w)
+        return x.view(n, q, h, w) if self.out_channels == 1 else x.view(n, q, self.out_channels, h, w)

@@ -26,6 +26,7 @@ from rvos.models.query.fusion import VisionLanguageFusion
 from rvos.models.query.layers import FeatureResizer, sine_position_1d, sine_position_2d
 from rvos.models.query.mask_head import DynamicMaskHead, MaskFeatureDecoder, group_norm
 from rvos.models.query.soc import SOC
+from rvos.models.query.sgmg import MultiGranularityHead, SpectrumFusion, encoded_mask_features
 from rvos.models.query.transformer import DeformableDecoder, DeformableEncoder
 from rvos.models.sharing import frame_index_for
 from rvos.models.text import TextEncoder
@@ -45,16 +46,23 @@ class QueryRVOS(nn.Module):
 
     ``feature_strides`` picks the transformer levels: backbone maps at 4/8/16/32 and an
     extra stride-2 conv level (64) on top of the last map.
+
+    SgMg (rvos/models/query/sgmg.py): ``sgmg_spectrum`` filters the levels in the spectral
+    domain before and after the word fusion; ``sgmg_head`` (with ``mask_decoder`` None and a
+    ``mask_head`` of P^2 output channels) segments the encoder memory into coarse patch masks
+    and refines them: mask_logits (B, T, Q, H, W) for P = 4, extras["sgmg_coarse_logits"].
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, encoder: DeformableEncoder,
-                 decoder: DeformableDecoder, mask_decoder: MaskFeatureDecoder,
+                 decoder: DeformableDecoder, mask_decoder: MaskFeatureDecoder | None,
                  mask_head: DynamicMaskHead, *, dim: int, num_queries: int,
                  feature_strides: tuple[int, ...], fusion: VisionLanguageFusion | None = None,
                  freeze_backbone: bool = False, frozen_backbone_bn: bool = False,
                  text_dropout: float = 0.1, soc: SOC | None = None,
                  bifit_words: VisionToWords | None = None,
-                 bifit_inter_frame: InterFrameInteraction | None = None):
+                 bifit_inter_frame: InterFrameInteraction | None = None,
+                 sgmg_spectrum: SpectrumFusion | None = None,
+                 sgmg_head: MultiGranularityHead | None = None):
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -62,6 +70,7 @@ class QueryRVOS(nn.Module):
         self.mask_decoder, self.mask_head = mask_decoder, mask_head
         self.fusion = fusion
         self.soc = soc   # SOC: video-level object clusters (rvos/models/query/soc.py); None = base
+        self.sgmg_spectrum, self.sgmg_head = sgmg_spectrum, sgmg_head   # SgMg's modules
         self.dim, self.num_queries = dim, num_queries
         self.feature_strides = tuple(feature_strides)
         self.freeze_backbone = freeze_backbone
@@ -88,7 +97,7 @@ class QueryRVOS(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight)
             nn.init.zeros_(proj[0].bias)
         self.level_embed = nn.Parameter(torch.randn(len(self.feature_strides), dim) * 0.02)
-        self.stride4_proj = None if 4 in self.feature_strides else \
+        self.stride4_proj = None if 4 in self.feature_strides or sgmg_head is not None else \
             nn.Sequential(nn.Conv2d(channels[4], dim, 1), group_norm(dim))
 
         self.word_proj = FeatureResizer(text_encoder.dim, dim, text_dropout)
@@ -131,12 +140,16 @@ class QueryRVOS(nn.Module):
             return levels
         word_pos = sine_position_1d(words.shape[1], self.dim, words.device,
                                     max_length=self.text_encoder.max_length).to(words.dtype)
+        if self.sgmg_spectrum is not None:      # SgMg: spectral filters around the word fusion
+            levels = self.sgmg_spectrum.before_fusion(levels)
         fused = []
         for x in levels:
             n, c, h, w = x.shape
             tokens = x.flatten(2).transpose(1, 2).reshape(clips, (n // clips) * h * w, c)
             tokens = self.fusion(tokens, words, word_padding, word_pos)
             fused.append(tokens.reshape(n, h * w, c).transpose(1, 2).reshape(n, c, h, w))
+        if self.sgmg_spectrum is not None:
+            fused = self.sgmg_spectrum.after_fusion(fused)
         return fused
 
     def flatten_levels(self, levels: list[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
@@ -196,7 +209,7 @@ class QueryRVOS(nn.Module):
         for layer in range(hs.shape[0]):
             masks = self.mask_head(hs[layer], mask_features, boxes[layer][..., :2].detach())
             outputs.append(RVOSOutput(
-                mask_logits=masks.view(b, t, q, *masks.shape[-2:]),
+                mask_logits=masks.view(b, t, q, *masks.shape[2:]),
                 scores=scores[layer].view(b, t, q),
                 boxes=boxes[layer].view(b, t, q, 4)))
         final = outputs[-1]
@@ -205,6 +218,8 @@ class QueryRVOS(nn.Module):
         for layer, out in enumerate(outputs if soc_extras else []):   # SOC's loss, per layer
             out.extras.update(soc_video_embed=soc_extras["soc_video_embed"][layer],
                               soc_text_embed=soc_extras["soc_text_embed"])
+        if self.sgmg_head is not None:          # SgMg: coarse patch masks -> refined masks
+            self.sgmg_head(outputs, maps[1], maps[0])
         return final
 
     def mask_features(self, maps: list[Tensor], memory: Tensor, shapes: list[tuple[int, int]],
@@ -214,6 +229,8 @@ class QueryRVOS(nn.Module):
         per_level = memory.split([h * w for h, w in shapes], 1)
         fpn = [x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
                for x, (h, w), s in zip(per_level, shapes, self.feature_strides) if s <= 32]
+        if self.sgmg_head is not None:          # SgMg segments the encoder memory itself
+            return encoded_mask_features(fpn)
         if self.stride4_proj is not None:
             fpn.insert(0, self.stride4_proj(maps[0]))
         return self.mask_decoder(fpn, sentence)
