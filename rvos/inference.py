@@ -83,7 +83,7 @@ class Predictor:
 
         checkpoint = load_checkpoint(path)
         cfg: Config = checkpoint.config
-        model, _ = build_model(cfg, pretrained=False)
+        model = build_model(cfg, pretrained=False)
         load_weights_into(model, checkpoint, path)
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device))
 

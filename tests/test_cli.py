@@ -35,7 +35,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     cfg = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                              "data.input_size=[32,32]"])
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     path = tmp_path_factory.mktemp("ck") / "model"
     return save_checkpoint(path, model, cfg, {"step": 0})
 

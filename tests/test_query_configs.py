@@ -9,7 +9,7 @@ import torchvision
 
 from rvos.config import load_config
 from rvos.models.backbones import torchvision_weights
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 from rvos.models.query.build import validate_query_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_synthetic_configs_build_and_run(name, monkeypatch):
     weights = cfg.model.query.backbone_weights
     if weights.endswith(".pt") and not (REPO / weights).is_file():
         pytest.skip("offline assets (../shared/assets) absent")
-    model, criterion = build_model(cfg)
+    model, criterion = build_model(cfg), build_criterion(cfg)
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 2, 3, 64, 64), ["the red circle"])

@@ -114,7 +114,7 @@ class GroundingTrainer:
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model, _ = build_model(cfg, pretrained)
+        self.model = build_model(cfg, pretrained)
         self.model.to(self.device)
         self.layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
         if not self.layout.has_annotations:

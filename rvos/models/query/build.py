@@ -1,4 +1,5 @@
-"""``build_query_model(cfg)``: the query-based model and its criterion, from the config."""
+"""The query family from the config: ``build_query_model(cfg)`` and ``build_query_criterion``
+(Hungarian matching and weights from ``cfg.loss.query``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from torch import nn
 
 from rvos.config import Config, QueryLossConfig
 from rvos.errors import RVOSError
-from rvos.matcher import ClipMatcher
+from rvos.models.query.matcher import ClipMatcher
 from rvos.models.backbones import build_backbone
 from rvos.models.query.config import QueryModelConfig
 from rvos.models.query.criterion import QueryCriterion
@@ -45,8 +46,8 @@ def validate_query_config(q: QueryModelConfig) -> None:
         raise bad("dropout", f"must lie in [0, 1), got {q.dropout}")
 
 
-def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
-    """(QueryRVOS, QueryCriterion) for ``cfg.model.query`` and ``cfg.model.text``."""
+def build_query_model(cfg: Config) -> nn.Module:
+    """QueryRVOS for ``cfg.model.query`` and ``cfg.model.text``."""
     q = cfg.model.query
     validate_query_config(q)
     backbone = build_backbone(q.backbone, q.backbone_weights)
@@ -66,8 +67,7 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
                       num_queries=q.num_queries, feature_strides=tuple(q.feature_strides),
                       fusion=fusion, freeze_backbone=q.freeze_backbone,
                       frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout)
-    criterion = build_query_criterion(cfg.loss.query, q.dec_layers)
-    return model, criterion
+    return model
 
 
 def build_query_criterion(loss: QueryLossConfig, dec_layers: int) -> QueryCriterion:

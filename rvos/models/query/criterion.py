@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rvos.data.batch import ClipBatch
 from rvos.losses import dice_loss, sigmoid_focal_loss
-from rvos.matcher import ClipMatcher
+from rvos.models.query.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
 
