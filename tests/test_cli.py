@@ -82,7 +82,13 @@ def test_predict_empty_sentence(tmp_path, capsys, tiny_checkpoint):
     assert not (tmp_path / "o").exists()
 
 
-def test_predict_on_a_frame_folder_and_existing_output(tmp_path, capsys, tiny_checkpoint):
+def test_predict_on_a_frame_folder_and_existing_output(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    from rvos.models import build
+
+    def no_criterion(cfg):
+        raise AssertionError("inference built a criterion")
+
+    monkeypatch.setattr(build, "build_criterion", no_criterion)   # inference builds the model only
     video = frame_folder(tmp_path / "v", n=5)
     out = tmp_path / "o"
     args = ["predict", "--checkpoint", str(tiny_checkpoint), "--video", str(video), "--text",
