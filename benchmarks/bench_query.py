@@ -49,7 +49,7 @@ def build_predictor(config: str, size: tuple[int, int], window: int, device: str
     cfg = load_config(REPO / config, ["model.text.name=minilm", "model.query.backbone_weights=none",
                                       *overrides])
     torch.manual_seed(0)
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     return Predictor(model, size, window=window, device=device)
 
 

@@ -38,12 +38,12 @@ def _measure(kind: str, backbone: str, device_name: str, size: tuple[int, int],
              num_frames: int, repeats: int, queue) -> None:
     from rvos.data.batch import ClipBatch
     from rvos.losses import weighted_total
-    from rvos.models.build import build_model
+    from rvos.models.build import build_criterion, build_model
 
     torch.manual_seed(0)
     device = resolve_device(device_name)
     cfg = load_config(None, [f"model.baseline.backbone={backbone}", f"data.input_size={list(size)}"])
-    model, criterion = build_model(cfg)
+    model = build_model(cfg)
     model.to(device)
     frames = torch.randn(1, num_frames, 3, *size, device=device)
     texts = ["the small green triangle on the left"]
@@ -63,6 +63,7 @@ def _measure(kind: str, backbone: str, device_name: str, size: tuple[int, int],
         queue.put({"frames_per_s": repeats * num_frames / elapsed,
                    "peak_memory_mb": _peak_memory_mb(device)})
         return
+    criterion = build_criterion(cfg)
     batch = ClipBatch(frames, (torch.rand(1, num_frames, *size, device=device) > 0.9).float(),
                       torch.ones(1, num_frames, dtype=torch.bool, device=device),
                       torch.zeros(1, num_frames, 4, device=device), texts, [None])

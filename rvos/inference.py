@@ -1,7 +1,9 @@
 """The Predictor: a video (any length) + sentences -> per-frame mask probabilities.
 
 Frames arrive one at a time (from a file, a folder or memory) and are processed in
-windows of ``window`` frames, so memory stays bounded however long the video is. For each
+windows of ``window`` frames (``rvos.data.video_io.iter_frame_windows``), so memory stays
+bounded however long the video is. Frames are preprocessed as for training
+(``rvos.data.transforms.preprocess_frames``). For each
 window and sentence, the query with the highest mean score over the window is taken as the
 referred object (Q = 1 for the dense baseline), and its mask logits are upsampled to the
 source resolution.
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.config import Config
-from rvos.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rvos.data.transforms import preprocess_frames
+from rvos.data.video_io import iter_frame_windows
 from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
 
@@ -69,8 +72,6 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.input_size = tuple(input_size)
         self.window = window
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
@@ -83,20 +84,19 @@ class Predictor:
 
         checkpoint = load_checkpoint(path)
         cfg: Config = checkpoint.config
-        model, _ = build_model(cfg, pretrained=False)
+        model = build_model(cfg, pretrained=False)
         load_weights_into(model, checkpoint, path)
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device))
 
-    def _prepare(self, frames: list[np.ndarray]) -> Tensor:
-        """frames: T x (H, W, 3) uint8 -> (1, T, 3, h, w) normalised at the input size."""
-        x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255
-        x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
-                          antialias=True)
-        return ((x - self.mean) / self.std).unsqueeze(0)
+    def _prepare(self, frames: np.ndarray | list[np.ndarray]) -> Tensor:
+        """frames: (T, H, W, 3) uint8 -> (1, T, 3, h, w) normalised at the input size."""
+        frames = np.stack(frames) if isinstance(frames, list) else frames
+        return preprocess_frames(frames, self.input_size, self.device).unsqueeze(0)
 
     @torch.inference_mode()
-    def predict_window(self, frames: list[np.ndarray], texts: list[str]) -> np.ndarray:
-        """T frames (H, W, 3) uint8 + K sentences -> probs (T, K, H, W) float32."""
+    def predict_window(self, frames: np.ndarray | list[np.ndarray], texts: list[str]) -> np.ndarray:
+        """T frames (T, H, W, 3) uint8 (an array or a list) + K sentences -> probs
+        (T, K, H, W) float32."""
         h, w = frames[0].shape[:2]
         clip = self._prepare(frames)                                  # one backbone pass
         same_clip = torch.zeros(len(texts), dtype=torch.long, device=self.device)
@@ -110,19 +110,19 @@ class Predictor:
         texts = [t.strip() for t in texts]
         if not texts or any(not t for t in texts):
             raise RVOSError("every sentence must be non-empty")
-        buffer: list[tuple[str, np.ndarray]] = []
-        for name, frame in frames:
-            if buffer and frame.shape != buffer[0][1].shape:
-                raise RVOSError(f"frame {name} has size {frame.shape[:2]}, earlier frames "
-                                f"{buffer[0][1].shape[:2]}")
-            buffer.append((name, frame))
-            if len(buffer) == self.window:
-                yield from self._flush(buffer, texts)
-                buffer = []
-        if buffer:
-            yield from self._flush(buffer, texts)
+        # consecutive windows of ``window`` frames, the last one shorter
+        for window in iter_frame_windows(_same_size(frames), self.window, fill_last=False):
+            probs = self.predict_window(window.frames, texts)
+            for name, frame, p in zip(window.names, window.frames, probs):
+                yield FramePrediction(name=name, frame=frame, probs=p)
 
-    def _flush(self, buffer, texts) -> Iterator[FramePrediction]:
-        probs = self.predict_window([f for _, f in buffer], texts)
-        for (name, frame), p in zip(buffer, probs):
-            yield FramePrediction(name=name, frame=frame, probs=p)
+
+def _same_size(frames: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+    """The frames, or an RVOSError at the first one whose size differs from the first's."""
+    first = None
+    for name, frame in frames:
+        if first is None:
+            first = frame.shape
+        elif frame.shape != first:
+            raise RVOSError(f"frame {name} has size {frame.shape[:2]}, earlier frames {first[:2]}")
+        yield name, frame

@@ -1,15 +1,16 @@
 import pytest
 import torch
 
-from rvos.config import BaselineConfig, Config, DenseLossConfig, TextConfig
+from rvos.config import BaselineConfig, Config, DenseLossConfig, ModelConfig, TextConfig
 from rvos.errors import RVOSError
-from rvos.models import baseline as baseline_module
-from rvos.losses import DenseMaskCriterion, weighted_total
+from rvos.losses import weighted_total
 from rvos.models.backbones import ResNetBackbone
-from rvos.models.baseline import BaselineRVOS
-from rvos.models.build import build_model
-from rvos.models.fusion import CrossModalAttentionLayer, coordinate_channels
-from rvos.models.temporal import Conv3dTemporalBlock
+from rvos.models.baseline import build as baseline_build
+from rvos.models.baseline.fusion import CrossModalAttentionLayer, coordinate_channels
+from rvos.models.baseline.model import BaselineRVOS
+from rvos.models.baseline.objective import DenseMaskCriterion
+from rvos.models.baseline.temporal import Conv3dTemporalBlock
+from rvos.models.build import build_criterion, build_model
 
 
 def tiny_baseline(text_encoder, temporal_layers=1):
@@ -90,18 +91,22 @@ def test_a_few_steps_fit_a_single_clip(text_encoder):
 def test_build_model_from_config():
     cfg = Config()
     cfg.model.baseline = BaselineConfig(dim=32, heads=2)
-    model, criterion = build_model(cfg)
+    model, criterion = build_model(cfg), build_criterion(cfg)
     assert isinstance(model, BaselineRVOS) and isinstance(criterion, DenseMaskCriterion)
 
 
 def test_baseline_takes_the_offline_mobilenet_backbone_and_refuses_video_backbones(text_encoder, monkeypatch):
-    monkeypatch.setattr(baseline_module, "TextEncoder", lambda *args: text_encoder)
-    model = baseline_module.build_baseline(BaselineConfig(backbone="mobilenet_v2", dim=32), TextConfig())
+    monkeypatch.setattr(baseline_build, "TextEncoder", lambda *args: text_encoder)
+
+    def config(backbone: str) -> Config:
+        return Config(model=ModelConfig(baseline=BaselineConfig(backbone=backbone, dim=32), text=TextConfig()))
+
+    model = baseline_build.build_baseline_model(config("mobilenet_v2"))
     assert model.backbone.channels == [24, 32, 96, 320]
     out = model(torch.randn(1, 2, 3, 64, 64), ["the red circle"])
     assert out.mask_logits.shape == (1, 2, 1, 64, 64)
     with pytest.raises(RVOSError, match="video backbone"):
-        baseline_module.build_baseline(BaselineConfig(backbone="video_swin_t", dim=32), TextConfig())
+        baseline_build.build_baseline_model(config("video_swin_t"))
 
 
 def test_sentences_sharing_a_clip_get_the_masks_of_separate_copies(text_encoder):

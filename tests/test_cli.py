@@ -35,7 +35,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     cfg = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                              "data.input_size=[32,32]"])
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     path = tmp_path_factory.mktemp("ck") / "model"
     return save_checkpoint(path, model, cfg, {"step": 0})
 
@@ -82,7 +82,13 @@ def test_predict_empty_sentence(tmp_path, capsys, tiny_checkpoint):
     assert not (tmp_path / "o").exists()
 
 
-def test_predict_on_a_frame_folder_and_existing_output(tmp_path, capsys, tiny_checkpoint):
+def test_predict_on_a_frame_folder_and_existing_output(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    from rvos.models import build
+
+    def no_criterion(cfg):
+        raise AssertionError("inference built a criterion")
+
+    monkeypatch.setattr(build, "build_criterion", no_criterion)   # inference builds the model only
     video = frame_folder(tmp_path / "v", n=5)
     out = tmp_path / "o"
     args = ["predict", "--checkpoint", str(tiny_checkpoint), "--video", str(video), "--text",

@@ -225,7 +225,7 @@ def test_a_checkpoint_never_reads_or_downloads_its_initial_backbone_weights(tmp_
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
     cfg = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                              "data.input_size=[32,32]"])
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     named = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                                "data.input_size=[32,32]",
                                "model.baseline.backbone_weights=IMAGENET1K_V1"])

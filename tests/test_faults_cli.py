@@ -91,7 +91,7 @@ BAD_OVERRIDES = [
     ("eval.threshold=1", "eval.threshold: must lie in (0, 1)"),
     ("data.num_workers=-1", "data.num_workers: must be >= 0"),
     ("data.hflip_prob=1.5", "data.hflip_prob: must lie in [0, 1]"),
-    ("loss.dice=-0.5", "loss.dice: must be a finite number >= 0"),
+    ("loss.baseline.dice=-0.5", "loss.baseline.dice: must be a finite number >= 0"),
     ("model.kind=unet", "model.kind: must be one of baseline, query, grounding"),
     ("model.baseline.heads=3", "model.baseline.heads: must divide model.baseline.dim (32)"),
     ("model.query.num_queries=0", "model.query.num_queries: must be >= 1"),
@@ -183,7 +183,7 @@ def tiny_checkpoint(tmp_path_factory, synth) -> Path:
 
     cfg = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                              "data.input_size=[32,32]", f"data.root={synth}"])
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "model", model, cfg, {"step": 0})
 
 

@@ -74,7 +74,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     cfg = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                              "data.input_size=[32,32]"])
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "model", model, cfg, {"step": 0})
 
 

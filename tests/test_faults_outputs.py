@@ -42,7 +42,7 @@ def ckpt(tmp_path_factory) -> Path:
 
     cfg = load_config(None, ["model.baseline.dim=32", "model.baseline.heads=2",
                              "model.baseline.fusion_layers=1", "data.input_size=[32,32]"])
-    model, _ = build_model(cfg)
+    model = build_model(cfg)
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "model", model, cfg, {"step": 0})
 
 

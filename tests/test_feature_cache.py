@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rvos.data.synthetic import SynthConfig, generate_benchmark
+from rvos.data.transforms import preprocess_frames
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.errors import RVOSError
 from rvos.models import feature_cache as fc
@@ -53,10 +54,10 @@ def test_cached_features_equal_a_fresh_forward(data, backbone, tmp_path):
     video = sorted(layout.videos)[1]
     span = cache.videos[video]
     images, labels = layout.load_clip(video, span.frames)
-    x = fc.resize_frames(images, SIZE)
+    x = preprocess_frames(images, SIZE)           # the Predictor's preprocessing
     with torch.no_grad():
-        fresh = backbone(fc.normalize(x))
-        fresh_flip = backbone(fc.normalize(x).flip(-1))
+        fresh = backbone(x)
+        fresh_flip = backbone(x.flip(-1))
     rows = np.arange(span.start, span.start + span.count)
     for cached, want in zip(cache.features(rows), fresh):
         torch.testing.assert_close(cached, want.half().float(), atol=2e-3, rtol=2e-3)

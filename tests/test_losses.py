@@ -3,7 +3,8 @@ import torch.nn.functional as F
 
 from rvos.config import DenseLossConfig
 from rvos.data.batch import ClipBatch
-from rvos.losses import DenseMaskCriterion, dice_loss, sigmoid_focal_loss, weighted_total
+from rvos.losses import dice_loss, sigmoid_focal_loss, weighted_total
+from rvos.models.baseline.objective import DenseMaskCriterion
 from rvos.models.outputs import RVOSOutput
 
 

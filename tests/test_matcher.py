@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
-from rvos.matcher import (ClipMatcher, ClipTargets, focal_class_cost, hungarian_match,
+from rvos.models.query.matcher import (ClipMatcher, ClipTargets, focal_class_cost, hungarian_match,
                           pairwise_dice_coefficient, pairwise_mask_focal_cost)
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou

@@ -10,7 +10,7 @@ from torch import nn
 from rvos.config import load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 from rvos.models.query.bifit import InterFrameInteraction, VisionToWords
 from rvos.models.text import TextFeatures
 
@@ -25,7 +25,8 @@ BIDIRECTIONAL, INTER_FRAME = BOTH[:1], BOTH[1:]
 
 def build(*extra):
     torch.manual_seed(0)
-    return build_model(load_config(None, TINY + list(extra)))
+    cfg = load_config(None, TINY + list(extra))
+    return build_model(cfg), build_criterion(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +203,7 @@ def test_one_training_step_of_the_synthetic_config(monkeypatch):
         cfg = load_config(REPO / "configs" / "bifit_synth.yaml",
                           overrides + ["model.query.backbone_weights=none"])
     torch.manual_seed(0)
-    model, criterion = build_model(cfg)
+    model, criterion = build_model(cfg), build_criterion(cfg)
     model.train()
     batch = clip_batch(b=1, t=cfg.data.num_frames)
     params = [p for p in model.parameters() if p.requires_grad]

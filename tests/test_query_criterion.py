@@ -5,7 +5,7 @@ import torch
 
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.losses import sigmoid_focal_loss
-from rvos.matcher import ClipMatcher
+from rvos.models.query.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.criterion import LOSS_NAMES, QueryCriterion
 

@@ -9,7 +9,7 @@ from rvos.config import load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 from rvos.models.query.model import QueryRVOS
 
 TINY = ["model.kind=query", "model.query.backbone=mobilenet_v2", "model.query.dim=32",
@@ -20,7 +20,8 @@ TINY = ["model.kind=query", "model.query.backbone=mobilenet_v2", "model.query.di
 
 def build(*extra):
     torch.manual_seed(0)
-    return build_model(load_config(None, TINY + list(extra)))
+    cfg = load_config(None, TINY + list(extra))
+    return build_model(cfg), build_criterion(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from rvos.errors import RVOSError
 from rvos.inference import select_referred
 from rvos.losses import weighted_total
 from rvos.matcher import ClipMatcher
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.build import validate_query_config
 from rvos.models.query.criterion import QueryCriterion
@@ -31,7 +31,8 @@ BOTH = ["model.query.sgmg.spectrum_fusion=true", "model.query.sgmg.multi_granula
 
 def build(*extra):
     torch.manual_seed(0)
-    return build_model(load_config(None, TINY + list(extra)))
+    cfg = load_config(None, TINY + list(extra))
+    return build_model(cfg), build_criterion(cfg)
 
 
 def clip_batch(b=2, t=2, size=64):
@@ -307,7 +308,7 @@ def test_one_training_step_of_the_synthetic_config(monkeypatch):
     cfg = load_config(REPO / "configs" / "sgmg_synth.yaml",
                       ["model.query.backbone_weights=none", "model.query.enc_layers=1"])
     torch.manual_seed(0)
-    model, criterion = build_model(cfg)
+    model, criterion = build_model(cfg), build_criterion(cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = clip_batch(b=1, t=2, size=64)
     losses = criterion(model(batch.frames, batch.texts), batch)

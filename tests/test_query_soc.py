@@ -13,7 +13,7 @@ from rvos.config import load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.models.backbones import clip_features, torchvision_weights
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 from rvos.models.query.build import validate_query_config
 from rvos.models.query.criterion import same_referent, video_text_contrast
 from rvos.models.query.soc import VideoObjectClusters
@@ -31,7 +31,8 @@ SOC_ON = ["model.query.soc.clusters=true", "model.query.soc.vision_text=true",
 
 def build(*extra):
     torch.manual_seed(0)
-    return build_model(load_config(None, TINY + list(extra)))
+    cfg = load_config(None, TINY + list(extra))
+    return build_model(cfg), build_criterion(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +211,7 @@ def test_soc_synth_config_trains_a_step(monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(REPO / "configs" / "soc_synth.yaml", ["model.query.backbone_weights=none"])
     torch.manual_seed(0)
-    model, criterion = build_model(cfg)
+    model, criterion = build_model(cfg), build_criterion(cfg)
     model.train()
     batch = clip_batch(b=2, t=2)
     losses = criterion(model(batch.frames, batch.texts), batch)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from rvos.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ClipTransform, denormalize,
-                                  normalize_frames, swap_left_right)
+                                  normalize_frames, preprocess_frames, resize_frames,
+                                  resize_masks, swap_left_right)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -123,3 +124,37 @@ def test_bad_arguments():
         tf(frames, masks, "a")
     with pytest.raises(ValueError, match="match"):
         tf(frames, masks[:, :10], "a", rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("source, size", [((72, 128), (36, 64)), ((48, 40), (64, 64)),
+                                          ((30, 50), (30, 50))])
+def test_training_transform_and_inference_preprocessing_give_the_same_tensor(source, size):
+    """One preprocessing path: without augmentation, a frame becomes bit for bit the same
+    input for training (ClipTransform) as for inference and the feature cache."""
+    from rvos.inference import Predictor
+
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, size=(3, *source, 3), dtype=np.uint8)
+    masks = np.zeros(frames.shape[:3], dtype=bool)
+    for train in (False, True):    # training without augmentation draws nothing
+        x, _, _, _ = ClipTransform(size, train=train)(frames, masks, "the cat")
+        assert torch.equal(x, preprocess_frames(frames, size))
+    predictor = Predictor(torch.nn.Identity(), size, window=3)
+    assert torch.equal(predictor._prepare(list(frames))[0], x)
+
+
+def test_resize_is_bilinear_antialiased_and_masks_nearest_at_pixel_centres():
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=(2, 60, 90, 3), dtype=np.uint8)
+    x = resize_frames(frames, (20, 30))
+    assert x.dtype == torch.uint8 and x.shape == (2, 3, 20, 30)
+    want = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(),
+                                           size=(20, 30), mode="bilinear", antialias=True)
+    assert (x.float() - want).abs().max() <= 1.0          # the float result, within a grey level
+    labels = rng.integers(0, 4, size=(2, 61, 89), dtype=np.uint8)
+    box = (5, 7, 40, 50)
+    pil = np.stack([np.asarray(Image.fromarray(m).resize((30, 20), Image.NEAREST,
+                                                          box=(7, 5, 57, 45))) for m in labels])
+    np.testing.assert_array_equal(resize_masks(labels, (20, 30), box).numpy(), pil)

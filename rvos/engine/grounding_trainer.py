@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from rvos.config import RULES, Config, save_config, validate_config
-from rvos.data.transforms import swap_left_right
+from rvos.data.transforms import normalize, swap_left_right
 from rvos.data.build import verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
@@ -51,7 +51,7 @@ from rvos.engine.trainer import (MetricsLogger, TrainingStopped, announce_stop, 
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 from rvos.models.build import build_model
-from rvos.models.feature_cache import FeatureCache, normalize, open_or_build
+from rvos.models.feature_cache import FeatureCache, open_or_build
 from rvos.models.grounding.config import GroundingTrainConfig
 from rvos.models.grounding.model import pad_tracks
 from rvos.models.grounding.objective import (SEGMENTER_WEIGHTS, grounding_loss, segmenter_loss,
@@ -114,7 +114,7 @@ class GroundingTrainer:
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model, _ = build_model(cfg, pretrained)
+        self.model = build_model(cfg, pretrained)
         self.model.to(self.device)
         self.layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
         if not self.layout.has_annotations:

@@ -39,7 +39,7 @@ from rvos.engine.evaluator import evaluate_layout
 from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
 from rvos.losses import weighted_total
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -170,7 +170,8 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model, self.criterion = build_model(cfg, pretrained)
+        self.model = build_model(cfg, pretrained)
+        self.criterion = build_criterion(cfg)
         self.model.to(self.device)
         self.dataset = build_train_dataset(cfg)
         verify_validation_split(cfg)  # a damaged validation split fails now, not after an epoch

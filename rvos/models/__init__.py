@@ -1,1 +1,3 @@
-"""Models: backbones, text encoders, cross-modal fusion, temporal modules, heads."""
+"""Models: shared parts (backbones, text encoders, deformable attention, the feature cache)
+and one folder per model family (baseline/, query/, grounding/) with its parts, its objective
+and its build; ``rvos.models.build`` assembles any of them from a config."""

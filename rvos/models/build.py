@@ -1,4 +1,10 @@
-"""``build_model(cfg)``: every rvos model, assembled explicitly from its config."""
+"""``build_model(cfg)`` and ``build_criterion(cfg)``: every rvos model and its training
+objective, each assembled from the config by its family's ``build`` module.
+
+Adding a model family: a folder ``rvos/models/<family>/`` with its parts, its objective and a
+``build.py``, then one entry in ``_model`` and ``_criterion`` below. The criterion is built
+apart from the model: inference and evaluation build the model only.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,6 @@ from torch import nn
 
 from rvos.config import Config
 from rvos.errors import RVOSError
-from rvos.losses import DenseMaskCriterion
 
 MODEL_KINDS = ("baseline", "query", "grounding")
 
@@ -26,24 +31,45 @@ def without_pretrained_init(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=model)
 
 
-def build_model(cfg: Config, pretrained: bool = True) -> tuple[nn.Module, nn.Module]:
-    """Return (model, criterion) for ``cfg.model.kind``. The grounding model trains in
-    stages with objectives of its own (``rvos.models.grounding.objective``): its criterion
-    is None. ``pretrained=False`` skips the backbone's initial weights (file or torchvision
-    name), for models whose weights are loaded from a checkpoint next."""
+def _kind(cfg: Config) -> str:
+    kind = cfg.model.kind
+    if kind not in MODEL_KINDS:
+        raise RVOSError(f"unknown model.kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return kind
+
+
+def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
+    """The model ``cfg.model.kind`` names. ``pretrained=False`` skips the backbone's initial
+    weights (file or torchvision name), for models whose weights are loaded from a
+    checkpoint next."""
     if not pretrained:
         cfg = without_pretrained_init(cfg)
-    kind = cfg.model.kind
+    kind = _kind(cfg)
     if kind == "baseline":
-        from rvos.models.baseline import build_baseline
+        from rvos.models.baseline.build import build_baseline_model
 
-        return build_baseline(cfg.model.baseline, cfg.model.text), DenseMaskCriterion(cfg.loss.baseline)
+        return build_baseline_model(cfg)
     if kind == "query":
         from rvos.models.query.build import build_query_model
 
         return build_query_model(cfg)
-    if kind == "grounding":
-        from rvos.models.grounding.build import build_grounding_model
+    from rvos.models.grounding.build import build_grounding_model
 
-        return build_grounding_model(cfg), None
-    raise RVOSError(f"unknown model.kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return build_grounding_model(cfg)
+
+
+def build_criterion(cfg: Config) -> nn.Module | None:
+    """The training objective of ``cfg.model.kind``: a module ``(output, batch) -> named
+    losses`` with ``weights`` from ``cfg.loss.<kind>``. None for the grounding family, which
+    trains in stages with objectives of its own (``rvos.models.grounding.objective``)."""
+    kind = _kind(cfg)
+    if kind == "baseline":
+        from rvos.models.baseline.build import build_baseline_criterion
+
+        return build_baseline_criterion(cfg)
+    if kind == "query":
+        from rvos.models.query.build import build_query_criterion
+
+        return build_query_criterion(cfg.loss.query, cfg.model.query.dec_layers,
+                                     coarse_masks=cfg.model.query.sgmg.multi_granularity)
+    return None

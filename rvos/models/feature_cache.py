@@ -38,14 +38,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rvos.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rvos.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_frames, resize_masks
 from rvos.errors import RVOSError
 
 CACHE_FORMAT = 1
+# How frames and labels reach the input size (rvos.data.transforms.resize_frames / resize_masks);
+# part of the cache key, so caches made by an earlier resize are rebuilt.
+RESIZE = "bilinear-antialias-uint8+nearest-exact"
 MANIFEST = "manifest.json"
 
 
@@ -65,23 +67,6 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 frames (T, H, W, 3) -> float32 (T, 3, h, w) in [0, 1] at ``size`` (bilinear,
-    antialiased; the identity when the frames already have that size). The Predictor and
-    the cache share this, so cached features equal those computed at inference."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @dataclass
@@ -180,7 +165,7 @@ def open_or_build(root: str | Path, layout, backbone: nn.Module, backbone_name: 
         "data": data_fingerprint(layout),
         "backbone": {"name": backbone_name, "weights": weights_digest(backbone), "dtype": dtype},
         "transform": {"input_size": list(input_size), "mean": list(IMAGENET_MEAN),
-                      "std": list(IMAGENET_STD), "resize": "bilinear-antialias", "flip": bool(flip),
+                      "std": list(IMAGENET_STD), "resize": RESIZE, "flip": bool(flip),
                       "dtype": "float16"},
     }
     key = cache_key(key_inputs)
@@ -316,12 +301,11 @@ def _write_arrays(out: Path, key: str, key_inputs: dict, layout, backbone: nn.Mo
     bar = tqdm(total=total, desc=f"feature cache {layout.split}", unit="frame", disable=not progress)
     for video, record in videos:
         images, labels = layout.load_clip(video, record.frames)
-        x = resize_frames(images, input_size)                              # (T, 3, h, w)
-        frames_out[row:row + len(x)] = (x * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        resized = resize_frames(images, input_size)                        # (T, 3, h, w) uint8
+        frames_out[row:row + len(resized)] = resized.permute(0, 2, 3, 1).numpy()
+        x = resized.float().div_(255.0)       # the features see exactly the frames stored
         if labels_out is not None:
-            lab = torch.from_numpy(labels)[:, None].float()
-            lab = F.interpolate(lab, size=(h, w), mode="nearest")[:, 0].byte().numpy()
-            labels_out[row:row + len(x)] = lab
+            labels_out[row:row + len(x)] = resize_masks(labels, (h, w)).numpy()
         index.append([video, row, len(x), list(record.frames)])
         for i in range(0, len(x), batch_frames):
             pending.append((row + i, x[i:i + batch_frames].numpy()))

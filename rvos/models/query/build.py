@@ -1,4 +1,5 @@
-"""``build_query_model(cfg)``: the query-based model and its criterion, from the config."""
+"""The query family from the config: ``build_query_model(cfg)`` and ``build_query_criterion``
+(Hungarian matching and weights from ``cfg.loss.query``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from torch import nn
 
 from rvos.config import Config, QueryLossConfig
 from rvos.errors import RVOSError
-from rvos.matcher import ClipMatcher
+from rvos.models.query.matcher import ClipMatcher
 from rvos.models.backbones import build_backbone
 from rvos.models.query.bifit import SENTENCE_POOLS, InterFrameInteraction, VisionToWords
 from rvos.models.query.config import QueryModelConfig
@@ -56,8 +57,8 @@ def validate_query_config(q: QueryModelConfig) -> None:
     validate_sgmg_config(q)
 
 
-def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
-    """(QueryRVOS, QueryCriterion) for ``cfg.model.query`` and ``cfg.model.text``."""
+def build_query_model(cfg: Config) -> nn.Module:
+    """QueryRVOS for ``cfg.model.query`` and ``cfg.model.text``."""
     q = cfg.model.query
     validate_query_config(q)
     backbone = build_backbone(q.backbone, q.backbone_weights)
@@ -97,9 +98,7 @@ def build_query_model(cfg: Config) -> tuple[nn.Module, nn.Module]:
                       frozen_backbone_bn=q.frozen_backbone_bn, text_dropout=q.dropout, soc=soc,
                       bifit_words=bifit_words, bifit_inter_frame=bifit_inter_frame,
                       sgmg_spectrum=sgmg_spectrum, sgmg_head=sgmg_head)
-    criterion = build_query_criterion(cfg.loss.query, q.dec_layers,
-                                      coarse_masks=q.sgmg.multi_granularity)
-    return model, criterion
+    return model
 
 
 def build_soc(q: QueryModelConfig, loss: QueryLossConfig) -> SOC | None:

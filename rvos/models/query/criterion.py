@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from rvos.data.batch import ClipBatch
 from rvos.losses import dice_loss, sigmoid_focal_loss
-from rvos.matcher import ClipMatcher
+from rvos.models.query.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
 from rvos.models.query.sgmg import SGMG_LOSS_NAMES, coarse_mask_losses

@@ -8,14 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rvos.config import BaselineConfig, TextConfig
-from rvos.errors import RVOSError
-from rvos.models.backbones import build_backbone
-from rvos.models.fusion import CrossModalAttentionLayer, SentenceGate, coordinate_channels
-from rvos.models.heads import UpsamplingMaskHead
+from rvos.models.baseline.fusion import CrossModalAttentionLayer, SentenceGate, coordinate_channels
+from rvos.models.baseline.head import UpsamplingMaskHead
+from rvos.models.baseline.temporal import Conv3dTemporalBlock
 from rvos.models.outputs import RVOSOutput
 from rvos.models.sharing import frame_index_for
-from rvos.models.temporal import Conv3dTemporalBlock
 from rvos.models.text import TextEncoder
 
 
@@ -89,16 +86,3 @@ class BaselineRVOS(nn.Module):
         scores = logits.flatten(3).amax(-1)                                  # (B, T, 1)
         return RVOSOutput(mask_logits=logits, scores=scores)
 
-
-def build_baseline(cfg: BaselineConfig, text_cfg: TextConfig) -> BaselineRVOS:
-    """Explicit assembly of the baseline from its config."""
-    backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
-    if getattr(backbone, "is_video", False):
-        raise RVOSError(f"the baseline runs an image backbone on every frame; {cfg.backbone!r} is a "
-                        f"video backbone (use it with model.kind=query)")
-    return BaselineRVOS(
-        backbone=backbone.to(memory_format=torch.channels_last),
-        text_encoder=TextEncoder(text_cfg.name, text_cfg.freeze, text_cfg.max_length),
-        dim=cfg.dim, heads=cfg.heads, fusion_layers=cfg.fusion_layers,
-        temporal_layers=cfg.temporal_layers, text_kernel=cfg.text_kernel,
-    )
