@@ -13,6 +13,7 @@ import torch
 from rvos.cli import main
 from rvos.config import load_config
 from rvos.data.synthetic import SynthConfig, generate_benchmark
+from rvos.engine import make_trainer
 from rvos.engine.checkpoint import load_checkpoint
 from rvos.engine.query_cache_trainer import (QueryCacheTrainer, assemble_step,
                                              training_expressions)
@@ -100,7 +101,8 @@ def test_rvos_train_checkpoints_and_evaluates_a_cached_run(synth, tmp_path):
 def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(synth, tmp_path):
     cache_dir = f"train.cache.cache_dir={tmp_path / 'cache'}"
     steps = ["train.max_steps_per_epoch=2", "train.epochs=2", "train.eval_every=0", cache_dir]
-    whole = QueryCacheTrainer(tiny_cfg(synth, *steps), tmp_path / "whole", progress=False)
+    whole = make_trainer(tiny_cfg(synth, *steps), tmp_path / "whole", progress=False)
+    assert isinstance(whole, QueryCacheTrainer)     # the demo's and the bench's dispatch
     whole.fit()
     part = QueryCacheTrainer(tiny_cfg(synth, *steps), tmp_path / "part", progress=False)
     assert not part.fit(stop_after_steps=3).finished
