@@ -155,6 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                            resume=args.resume is not None, started_when="checkpoints/last*")
     if cfg.model.kind == "grounding":
         return _train_grounding(cfg, run_dir, args, output)
+    if cfg.train.feature_cache:   # the query family on cached frozen-backbone maps
+        from rvos.engine.query_cache_trainer import QueryCacheTrainer as Trainer
     # resuming: the weights come from the checkpoint, the initial ones are not read
     trainer = Trainer(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
     if args.resume is not None:
@@ -163,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"batch {trainer.state.micro_step})")
     with output:
         state = trainer.fit(stop_after_steps=args.stop_after_steps)
-    done = state.epoch >= cfg.train.epochs
+    done = getattr(state, "finished", state.epoch >= cfg.train.epochs)
     print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
           f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
     return 0

@@ -142,6 +142,20 @@ class OptimConfig:
 
 
 @dataclass
+class CachedTrainConfig:
+    """Steps of the query family on cached frozen-backbone features (``train.feature_cache``,
+    rvos.engine.query_cache_trainer): each step takes ``clips_per_step`` clips of
+    ``data.num_frames`` frames and their videos' sentences together. An epoch is one pass
+    over the training videos; optim.batch_size, accumulate_steps and sched_* are not used
+    (the learning rate warms up, then follows one cosine to optim.min_lr over the run)."""
+
+    clips_per_step: int = 4
+    sentences_per_clip: int = 0       # 0: every sentence of the clip's video, else a random few
+    warmup_steps: int = 20
+    cache_dir: str = ""               # "": <run folder>/feature_cache
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/baseline"
     epochs: int = 10
@@ -151,6 +165,9 @@ class TrainConfig:
     eval_every: int = 1               # epochs between validation passes; 0 disables
     max_steps_per_epoch: int = 0      # 0: a full pass over the training samples
     time_budget_s: float = 0.0        # 0: none; else stop (checkpointed) after this long
+    # query family with a frozen image backbone: train on its cached maps (see ``cache``)
+    feature_cache: bool = False
+    cache: CachedTrainConfig = field(default_factory=CachedTrainConfig)
     grounding: GroundingTrainConfig = field(default_factory=GroundingTrainConfig)  # its stages
 
 
@@ -304,6 +321,9 @@ RULES: dict[str, Rule] = {
     "train.eval_every": NONNEG,                # 0: no validation
     "train.max_steps_per_epoch": NONNEG,       # 0: a full pass
     "train.time_budget_s": NONNEG_REAL,        # 0: no budget
+    "train.cache.clips_per_step": COUNT,
+    "train.cache.sentences_per_clip": NONNEG,  # 0: all
+    "train.cache.warmup_steps": NONNEG,
     "train.grounding.seg_steps": COUNT,
     "train.grounding.seg_batch_frames": COUNT,
     "train.grounding.seg_lr": POSITIVE_REAL,
@@ -340,6 +360,10 @@ def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
     if m.grounding.backbone.startswith("video_swin"):
         bad.append(("model.grounding.backbone", m.grounding.backbone,
                     "must be an image backbone (features are cached per frame)"))
+    if cfg.train.feature_cache:
+        why = feature_cache_problem(cfg)
+        if why:
+            bad.append(("train.feature_cache", True, why))
     if cfg.optim.min_lr > cfg.optim.lr:
         bad.append(("optim.min_lr", cfg.optim.min_lr, f"must not exceed optim.lr ({cfg.optim.lr:g})"))
     dense = cfg.loss.baseline
@@ -350,6 +374,21 @@ def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
     if not any((q.cost_cls, q.cost_bbox, q.cost_giou, q.cost_mask, q.cost_dice)):
         bad.append(("loss.query.cost_cls", q.cost_cls, "the matching costs must not all be 0"))
     return bad
+
+
+def feature_cache_problem(cfg: Config) -> str | None:
+    """Why ``train.feature_cache`` cannot work for ``cfg`` (None when it can): the cache
+    holds per-frame maps of a backbone that training never changes."""
+    m = cfg.model
+    if m.kind != "query":
+        return (f"applies to model.kind=query (model.kind={m.kind}"
+                + (" always trains on cached features)" if m.kind == "grounding" else ")"))
+    if not m.query.freeze_backbone:
+        return "needs model.query.freeze_backbone: true (a trained backbone's maps change)"
+    if m.query.backbone.startswith("video_"):
+        return (f"needs an image backbone (features are cached per frame), "
+                f"not model.query.backbone={m.query.backbone}")
+    return None
 
 
 def _lookup(cfg: Any, dotted: str) -> Any:
