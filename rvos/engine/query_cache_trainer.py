@@ -50,7 +50,7 @@ from rvos.engine.trainer import (MetricsLogger, TrainingStopped, announce_stop, 
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 from rvos.losses import weighted_total
-from rvos.models.build import build_model
+from rvos.models.build import build_criterion, build_model
 from rvos.models.feature_cache import FeatureCache, open_or_build
 
 
@@ -162,7 +162,7 @@ class QueryCacheTrainer:
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model, self.criterion = build_model(cfg, pretrained)
+        self.model, self.criterion = build_model(cfg, pretrained), build_criterion(cfg)
         self.model.to(self.device)
         self.layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
         if not self.layout.has_annotations:
@@ -289,7 +289,10 @@ class QueryCacheTrainer:
             if not exprs:
                 raise RVOSError("no training expression refers to an object",
                                 self.layout.meta_expressions_path)
-            self.encode_sentences(exprs)
+            if cfg.train.time_budget_s <= 0:
+                # up front for bit-identical resumes; under a time budget the encoder's
+                # memo fills as sentences come (it would spend minutes of a short budget)
+                self.encode_sentences(exprs)
             budget = cfg.train.time_budget_s
             time_left = budget - (time.monotonic() - started) if budget > 0 else 0.0
             if budget > 0 and time_left <= 0:
