@@ -286,7 +286,8 @@ def machine_info(device: str = "auto") -> dict:
 
 def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: list[Path] | None = None,
                       progress: bool = False, seeds: list[int] | tuple[int, ...] = QUALITY_SEEDS,
-                      device: str = "auto", error: str = "minmax", overwrite: bool = False) -> dict:
+                      device: str = "auto", error: str = "minmax", overwrite: bool = False,
+                      train_videos: int = 0, eval_samples: int = 0) -> dict:
     """The standard comparison: the demo pipeline (data, time budget) for each config once
     per training seed (``train.seed=k``) on ONE shared synthetic benchmark, scored per
     expression type on test and test_compositional.
@@ -298,6 +299,12 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     seeds, configs ({stem: path}), data_s, synthetic, machine, runs (every run's summary of
     ``train_evaluate_predict`` with ``config`` = the stem, ``config_path`` and ``seed``),
     aggregate (``aggregate_runs``), total_s, complete, and the paths json and png.
+
+    Every run reads its frozen-backbone features from one cache, ``<out>/quality/feature_cache``
+    (keyed by data, backbone and transform, so runs of different backbones keep apart).
+    ``train_videos`` > 0 generates that many training videos instead of the demo's, and
+    ``eval_samples`` > 0 scores only the first that many expressions of each split: for
+    quick comparisons of slow models, said in quality.json.
 
     ``<out>/quality`` is written in place and marked; earlier quality results (the folder,
     quality.json, quality.png) are replaced only with ``overwrite`` and only if rvos made
@@ -330,7 +337,8 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
                            started_when="*/seed*/summary.json",
                            companions=("quality.json", "quality.png"))
     with output:
-        result, start = _quality_runs(out, root, configs, seeds, budget_s, progress, device, output)
+        result, start = _quality_runs(out, root, configs, seeds, budget_s, progress, device, output,
+                                      train_videos, eval_samples)
         result["complete"] = True
         result["total_s"] = time.monotonic() - start
         write_file_atomic(json_path, json.dumps(result, indent=1))
@@ -342,7 +350,8 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
 
 
 def _quality_runs(out: Path, root: Path, configs: list[Path], seeds: list[int], budget_s: float,
-                  progress: bool, device: str, output) -> tuple[dict, float]:
+                  progress: bool, device: str, output, train_videos: int = 0,
+                  eval_samples: int = 0) -> tuple[dict, float]:
     """The data and every (seed, config) run of :func:`quality_benchmark` into ``root``;
     quality.json after every run. Returns the result and its start (time.monotonic)."""
     from rvos.demo import DEMO_SYNTH, generate_demo_data, train_evaluate_predict
@@ -350,19 +359,23 @@ def _quality_runs(out: Path, root: Path, configs: list[Path], seeds: list[int], 
 
     json_path, png_path = out / "quality.json", out / "quality.png"
     start = time.monotonic()
-    data_s = generate_demo_data(root / "data", progress)
+    data_s = generate_demo_data(root / "data", progress, train_videos)
     result = {"budget_s": budget_s, "seeds": seeds,
               "configs": {c.stem: str(c) for c in configs}, "data_s": data_s,
-              "synthetic": DEMO_SYNTH, "machine": machine_info(device), "runs": [],
+              "synthetic": {**DEMO_SYNTH, **({"train_videos": train_videos} if train_videos else {})},
+              "eval_samples": eval_samples, "machine": machine_info(device), "runs": [],
               "aggregate": {}, "total_s": 0.0, "complete": False,
               "json": str(json_path), "png": str(png_path)}
     overrides_device = [] if device == "auto" else [f"train.device={device}"]
+    cache = root / "feature_cache"
+    shared_cache = [f"train.grounding.cache_dir={cache}", f"train.cache.cache_dir={cache}"]
     for seed in seeds:
         for config in configs:
             print(f"== {config.stem}, seed {seed} ==", flush=True)
             run_dir = root / config.stem / f"seed{seed}"
             summary = train_evaluate_predict(run_dir, root / "data", config, budget_s, progress,
-                                             [f"train.seed={seed}", *overrides_device])
+                                             [f"train.seed={seed}", *shared_cache, *overrides_device],
+                                             eval_samples)
             run = {**summary, "config": config.stem, "config_path": summary["config"], "seed": seed}
             write_file_atomic(run_dir / "summary.json", json.dumps(run, indent=1))
             result["runs"].append(run)
@@ -416,7 +429,8 @@ def run_baseline_benchmarks(args) -> None:
         configs = [Path(c) for c in args.config] if args.config else None
         result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet,
                                    seeds=args.seeds, device=args.device, error=args.error_bars,
-                                   overwrite=overwrite)
+                                   overwrite=overwrite, train_videos=args.train_videos,
+                                   eval_samples=args.eval_samples)
         print()
         print(format_quality_aggregate(result["aggregate"]))
         print(f"training budget {result['budget_s']:.0f} s per run; total {result['total_s'] / 60:.1f} min")

@@ -395,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quality: training seeds, one run per config and seed (default: 0 1)")
     be.add_argument("--budget-s", type=_seconds, default=600.0,
                     help="quality: training time budget per run in seconds (default: 600)")
+    be.add_argument("--train-videos", type=_non_negative, default=0, metavar="N",
+                    help="quality: training videos of the synthetic benchmark (default 0: the "
+                         "demo's 1000); for quick comparisons")
+    be.add_argument("--eval-samples", type=_non_negative, default=0, metavar="N",
+                    help="quality: score only the first N expressions of each test split "
+                         "(default 0: all); for slow models")
     be.add_argument("--error-bars", choices=["minmax", "std"], default="minmax",
                     help="quality: error bars of quality.png, min..max over seeds or ± std "
                          "(default: minmax)")

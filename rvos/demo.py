@@ -68,13 +68,15 @@ def encode_frames_as_mp4(frame_dir: Path, out_mp4: Path, fps: float = 10.0) -> P
     return out_mp4
 
 
-def generate_demo_data(root: Path, progress: bool = True) -> float:
-    """The demo's synthetic benchmark (``DEMO_SYNTH``, seed 0) written to ``root``; returns
+def generate_demo_data(root: Path, progress: bool = True, train_videos: int = 0) -> float:
+    """The demo's synthetic benchmark (``DEMO_SYNTH``, seed 0; ``train_videos`` > 0 replaces
+    its number of training videos, the test splits unchanged) written to ``root``; returns
     the seconds it took."""
     from rvos.data.synthetic import SynthConfig, generate_benchmark
 
     start = time.monotonic()
-    generate_benchmark(root, SynthConfig(**DEMO_SYNTH), progress=progress)
+    settings = {**DEMO_SYNTH, **({"train_videos": train_videos} if train_videos else {})}
+    generate_benchmark(root, SynthConfig(**settings), progress=progress)
     return time.monotonic() - start
 
 
@@ -95,11 +97,13 @@ def run_demo(out: Path, budget_s: float = DEMO_BUDGET_S, overwrite: bool = False
 
 
 def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget_s: float,
-                           progress: bool = True, overrides: list[str] | None = None) -> dict:
+                           progress: bool = True, overrides: list[str] | None = None,
+                           eval_samples: int = 0) -> dict:
     """Steps 2-4 of the demo for any config on an existing synthetic benchmark: train within
     ``budget_s`` seconds into ``out/run``, evaluate the best checkpoint on test and
     test_compositional into ``out/eval``, segment the first test video into ``out/predict``.
-    ``overrides`` are config overrides applied last (e.g. ``["train.seed=1"]``).
+    ``overrides`` are config overrides applied last (e.g. ``["train.seed=1"]``);
+    ``eval_samples`` > 0 scores only the first that many expressions of each split.
     Returns the summary written as ``demo_summary.json`` (timings, steps, results per split)."""
     from rvos.data.ytvos import RefYTVOSLayout
     from rvos.engine.evaluator import evaluate_layout, write_results
@@ -120,7 +124,7 @@ def train_evaluate_predict(out: Path, data_root: Path, config_path: Path, budget
     print(f"[3/4] evaluating {checkpoint.name} on test and test_compositional ...", flush=True)
     predictor = Predictor.from_checkpoint(checkpoint, cfg.train.device)
     results = [evaluate_layout(predictor, RefYTVOSLayout(data_root, split),
-                               cfg.eval.threshold, progress=progress)
+                               cfg.eval.threshold, max_samples=eval_samples, progress=progress)
                for split in ("test", "test_compositional")]
     with staged_output(out / "eval", command="evaluate") as stage:
         write_results(results, stage)
