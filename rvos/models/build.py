@@ -30,7 +30,9 @@ def build_model(cfg: Config, pretrained: bool = True) -> tuple[nn.Module, nn.Mod
     """Return (model, criterion) for ``cfg.model.kind``. The grounding model trains in
     stages with objectives of its own (``rvos.models.grounding.objective``): its criterion
     is None. ``pretrained=False`` skips the backbone's initial weights (file or torchvision
-    name), for models whose weights are loaded from a checkpoint next."""
+    name), for models whose weights are loaded from a checkpoint next; for the query family
+    the text encoder then has random weights too, built from its architecture without any
+    download (``rvos.models.text``), for a checkpoint or a speed benchmark."""
     if not pretrained:
         cfg = without_pretrained_init(cfg)
     kind = cfg.model.kind
@@ -41,7 +43,7 @@ def build_model(cfg: Config, pretrained: bool = True) -> tuple[nn.Module, nn.Mod
     if kind == "query":
         from rvos.models.query.build import build_query_model
 
-        return build_query_model(cfg)
+        return build_query_model(cfg, pretrained)
     if kind == "grounding":
         from rvos.models.grounding.build import build_grounding_model
 
