@@ -13,7 +13,7 @@ from rvos.bench import published_configs
 from rvos.config import load_config
 from rvos.errors import RVOSError
 from rvos.models.build import build_model
-from rvos.models.text import StandInTokenizer, TextEncoder
+from rvos.models.text import SentenceTruncatedWarning, StandInTokenizer, TextEncoder
 
 PUBLISHED_CONFIGS = published_configs()
 # parameter counts of the published text encoders (their config.json, with the pooler)
@@ -67,7 +67,8 @@ def test_named_text_encoder_builds_from_its_architecture_offline(name, no_downlo
     enc = TextEncoder(name, max_length=8, pretrained=False)
     assert sum(p.numel() for p in enc.model.parameters()) == TEXT_PARAMS[name]
     assert enc.stand_in_tokenizer          # no tokenizer files on this machine
-    feats = enc(["the small green triangle on the left side of the frame", "a dog"])
+    with pytest.warns(SentenceTruncatedWarning):
+        feats = enc(["the small green triangle on the left side of the frame", "a dog"])
     assert feats.words.shape == (2, 8, enc.dim) and enc.dim == 768   # cut to max_length
     assert feats.padding_mask[1].tolist() == [False] * 4 + [True] * 4   # <s> a dog </s>
     # the stand-in must not meet trained weights: the real tokenizer, or a clear error
