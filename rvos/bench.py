@@ -4,9 +4,13 @@ query-based core, any later method) trained once per training seed within the de
 budget on one shared synthetic benchmark, J&F and object accuracy per expression type on
 test and test_compositional, mean and spread over the seeds.
 
+Query-family speed: inference frames/s and peak memory of published-scale configs
+(random weights, no download) at 360x640 for clips of 5 and 36 frames.
+
 Each speed figure is measured in a fresh subprocess so that its peak memory is its own.
 Results are printed and written as JSON (``<out>/baseline_speed.json``,
-``<out>/quality.json``) and, for quality, a bar chart (``<out>/quality.png``).
+``<out>/query_speed.json``, ``<out>/quality.json``) and, for quality, a bar chart
+(``<out>/quality.png``).
 """
 
 from __future__ import annotations
@@ -112,6 +116,199 @@ def speed_benchmark(device: str = "auto") -> dict:
         print(f"training 128x128 T=4 {backbone}: {r['clips_per_s']:.2f} clips/s, "
               f"peak memory {r['peak_memory_mb']:.0f} MB")
     return results
+
+
+QUERY_SPEED_SIZE = (360, 640)
+QUERY_SPEED_FRAMES = (5, 36)
+QUERY_SPEED_SENTENCE = "the person in a red jacket riding a bike on the left"
+
+
+def published_configs(folder: Path | None = None) -> list[Path]:
+    """The published-scale configs: ``configs/*_ytvos_*.yaml`` and ``configs/*_a2d_*.yaml``
+    (a method's config joins by its name), sorted."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[1] / "configs"
+    return sorted({*folder.glob("*_ytvos_*.yaml"), *folder.glob("*_a2d_*.yaml")})
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _measure_query_speed(config: str, overrides: list[str], device_name: str,
+                         size: tuple[int, int], num_frames: int, repeats: int, queue) -> None:
+    """In a fresh process: build ``config`` with random weights (no download), then time
+    ``repeats`` inference passes over one clip (1, num_frames, 3, *size) and one sentence
+    after one warm-up pass. The frozen text encoder memoises the sentence in the warm-up,
+    so the timed passes are the video path (the text is paid once per sentence)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from rvos.models.build import build_model
+
+        torch.manual_seed(0)
+        device = resolve_device(device_name)
+        cfg = load_config(config, list(overrides))
+        start = time.perf_counter()
+        model = build_model(cfg, pretrained=False)
+        build_s = time.perf_counter() - start
+        text = getattr(model, "text_encoder", None)
+        params = sum(p.numel() for p in model.parameters())
+        params_text = sum(p.numel() for p in text.parameters()) if text is not None else 0
+        model.to(device).eval()
+        model_mb = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
+                    else _rss_mb())
+        frames = torch.randn(1, num_frames, 3, *size, device=device)
+        with torch.inference_mode():
+            out = model(frames, [QUERY_SPEED_SENTENCE])            # warm-up
+            shape = list(out.mask_logits.shape)
+            del out
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(repeats):
+                model(frames, [QUERY_SPEED_SENTENCE])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+        queue.put({"frames": num_frames, "repeats": repeats,
+                   "frames_per_s": repeats * num_frames / elapsed,
+                   "seconds_per_clip": elapsed / repeats, "cpu_seconds_per_clip": cpu_s / repeats,
+                   "peak_memory_mb": _peak_memory_mb(device), "model_memory_mb": model_mb,
+                   "params": params, "params_text": params_text, "build_s": build_s,
+                   "mask_logits_shape": shape, "text_tokenizer_stand_in":
+                   bool(getattr(text, "stand_in_tokenizer", False))})
+    except Exception as e:     # reported in the results, the other settings go on
+        queue.put({"frames": num_frames, "repeats": repeats,
+                   "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+
+
+def _run_in_subprocess(target, timeout_s: float = 3600, **kwargs) -> dict:
+    """``target(**kwargs, queue=q)`` in a fresh (spawned) process: its result, or
+    ``{"error": ...}`` when the process dies (e.g. killed for memory) or runs too long."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, kwargs={**kwargs, "queue": queue})
+    proc.start()
+    deadline = time.monotonic() + timeout_s
+    result = None
+    while result is None:
+        try:
+            result = queue.get(timeout=1.0)
+        except Exception:       # queue.Empty
+            if not proc.is_alive() and queue.empty():
+                result = {"error": f"the measuring process exited with code {proc.exitcode} "
+                                   "(out of memory?)"}
+            elif time.monotonic() > deadline:
+                proc.kill()
+                result = {"error": f"no result within {timeout_s:.0f} s"}
+    proc.join()
+    return result
+
+
+def format_query_speed(result: dict) -> str:
+    """The results of :func:`query_speed_benchmark` as a table: one row per (config, T)."""
+    h, w = result["size"]
+    lines = [f"query-family inference at {h}x{w}, one sentence, random weights, "
+             f"device {result['machine']['device']} ({result['machine']['threads']} threads)"]
+    header = (f"{'config':<32}{'T':>4}{'frames/s':>10}{'s/clip':>9}{'cpu s':>8}{'peak MB':>9}"
+              f"{'model MB':>10}{'params M':>10}")
+    lines += [header, "-" * len(header)]
+    for name, runs in result["results"].items():
+        for r in runs.values():
+            if "error" in r:
+                lines.append(f"{name:<32}{r['frames']:>4}  error: {r['error']}")
+                continue
+            lines.append(f"{name:<32}{r['frames']:>4}{r['frames_per_s']:>10.2f}"
+                         f"{r['seconds_per_clip']:>9.2f}{r['cpu_seconds_per_clip']:>8.1f}"
+                         f"{r['peak_memory_mb']:>9.0f}"
+                         f"{r['model_memory_mb']:>10.0f}{r['params'] / 1e6:>10.1f}")
+    return "\n".join(lines)
+
+
+def query_speed_benchmark(out: Path, configs: list[Path] | None = None, device: str = "auto",
+                          size: tuple[int, int] = QUERY_SPEED_SIZE,
+                          frames: list[int] | tuple[int, ...] = QUERY_SPEED_FRAMES,
+                          repeats: list[int] | None = None, overrides: list[str] | tuple = (),
+                          overwrite: bool = False) -> dict:
+    """Inference speed and peak memory of each config (default: :func:`published_configs`)
+    at ``size`` (H, W) for each clip length in ``frames``, one sentence, random weights
+    (``build_model(cfg, pretrained=False)``, nothing downloaded), ``model.eval()`` under
+    ``torch.inference_mode``; each (config, T) in a fresh subprocess (its peak memory is its
+    own): one warm-up pass, then ``repeats`` timed passes (one value per clip length, or one
+    for all; default 3 for clips of up to 8 frames, 1 for longer ones).
+
+    ``cpu_seconds_per_clip`` (the process's CPU time, all threads) beside the wall-clock
+    ``seconds_per_clip`` tells how much a busy machine slowed the clock.
+
+    Peak memory: the process's peak RSS on CPU (model, activations, the interpreter),
+    ``torch.cuda.max_memory_allocated`` of the timed passes on CUDA; ``model_memory_mb`` is
+    the RSS (CPU) or allocated memory (CUDA) once the model is built.
+
+    Writes ``<out>/query_speed.json`` after every measurement (``complete`` tells) and
+    returns what it holds: size, frames, repeats, sentence, overrides, machine
+    (:func:`machine_info`), configs ({stem: path}), results ({stem: {"T<n>": {frames,
+    repeats, frames_per_s, seconds_per_clip, peak_memory_mb, model_memory_mb, params,
+    params_text, build_s, cpu_seconds_per_clip, mask_logits_shape, text_tokenizer_stand_in}
+    or {frames, repeats,
+    error}}}), total_s, complete, json."""
+    from rvos.outputs_dir import os_error, results_folder, write_file_atomic
+
+    configs = [Path(c) for c in (configs or published_configs())]
+    if not configs:
+        raise RVOSError("no configs to measure (pass --config A.yaml ...)")
+    for config in configs:
+        if not config.is_file():
+            raise RVOSError("config file not found", config)
+    stems = [c.stem for c in configs]
+    if len(set(stems)) != len(stems):
+        raise RVOSError(f"configs must have distinct file names: {', '.join(map(str, configs))}")
+    frames = [int(t) for t in frames]
+    if not frames or min(frames) < 1 or len(set(frames)) != len(frames):
+        raise RVOSError(f"--frames must be distinct positive clip lengths, got {frames}")
+    if repeats is None:
+        repeats = [3 if t <= 8 else 1 for t in frames]
+    repeats = [int(r) for r in repeats]
+    if len(repeats) == 1:
+        repeats = repeats * len(frames)
+    if len(repeats) != len(frames) or min(repeats) < 1:
+        raise RVOSError(f"--repeats takes one positive count, or one per --frames value "
+                        f"({len(frames)}), got {repeats}")
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise RVOSError(f"--size must be positive, got {h}x{w}")
+    for config in configs:           # a bad config or override fails now, not in a subprocess
+        load_config(config, list(overrides))
+    out = results_folder(Path(out), ["query_speed.json"], overwrite, "bench")
+    json_path = out / "query_speed.json"
+    result = {"size": [h, w], "frames": frames, "repeats": dict(zip(map(str, frames), repeats)),
+              "sentence": QUERY_SPEED_SENTENCE, "overrides": list(overrides),
+              "machine": machine_info(device), "configs": {c.stem: str(c) for c in configs},
+              "results": {}, "total_s": 0.0, "complete": False, "json": str(json_path)}
+    start = time.monotonic()
+    for config in configs:
+        result["results"][config.stem] = {}
+        for t, n in zip(frames, repeats):
+            print(f"{config.stem}: T={t} at {h}x{w}, {n} timed pass(es) ...", flush=True)
+            r = _run_in_subprocess(_measure_query_speed, config=str(config),
+                                   overrides=list(overrides), device_name=device, size=(h, w),
+                                   num_frames=t, repeats=n)
+            r = {"frames": t, "repeats": n, **r}
+            result["results"][config.stem][f"T{t}"] = r
+            print(f"  {r['error']}" if "error" in r else
+                  f"  {r['frames_per_s']:.2f} frames/s, peak memory {r['peak_memory_mb']:.0f} MB",
+                  flush=True)
+            result["total_s"] = time.monotonic() - start
+            try:
+                write_file_atomic(json_path, json.dumps(result, indent=1))
+            except OSError as e:
+                raise os_error(e, json_path) from None
+    result["complete"] = True
+    try:
+        write_file_atomic(json_path, json.dumps(result, indent=1))
+    except OSError as e:
+        raise os_error(e, json_path) from None
+    return result
 
 
 QUALITY_SPLITS = ("test", "test_compositional")
@@ -434,7 +631,8 @@ def run_baseline_benchmarks(args) -> None:
 
     overwrite = bool(getattr(args, "overwrite", False))
     names = (["baseline_speed.json"] if "speed" in args.what else []) + (
-        ["quality", "quality.json", "quality.png"] if "quality" in args.what else [])
+        ["quality", "quality.json", "quality.png"] if "quality" in args.what else []) + (
+        ["query_speed.json"] if "query_speed" in args.what else [])
     out = results_folder(Path(args.out), names, overwrite, "bench")
     if "speed" in args.what:
         result = speed_benchmark(args.device)
@@ -443,6 +641,14 @@ def run_baseline_benchmarks(args) -> None:
         except OSError as e:
             raise os_error(e, out / "baseline_speed.json") from None
         print(f"wrote {out / 'baseline_speed.json'}")
+    if "query_speed" in args.what:
+        result = query_speed_benchmark(
+            out, [Path(c) for c in args.config] if args.config else None, args.device,
+            getattr(args, "size", None) or QUERY_SPEED_SIZE,
+            getattr(args, "frames", None) or QUERY_SPEED_FRAMES, getattr(args, "repeats", None),
+            overwrite=overwrite)
+        print(format_query_speed(result))
+        print(f"wrote {result['json']}")
     if "quality" in args.what:
         configs = [Path(c) for c in args.config] if args.config else None
         result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet,

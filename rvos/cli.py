@@ -372,17 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser(
         "bench", parents=[common],
-        help="speed benchmark (baseline) and the standard quality comparison of configs",
+        help="speed benchmarks (baseline, query family) and the standard quality comparison of configs",
         description="speed: baseline inference frames/s at 360x640 and training clips/s, peak "
-                    "memory -> <out>/baseline_speed.json. quality: every --config trained once "
+                    "memory -> <out>/baseline_speed.json. query_speed: inference frames/s and "
+                    "peak memory of each --config (random weights, nothing downloaded) at "
+                    "360x640 for clips of 5 and 36 frames, each in a fresh process -> "
+                    "<out>/query_speed.json. quality: every --config trained once "
                     "per --seeds training seed for --budget-s seconds on one shared synthetic "
                     "benchmark, scored on test and test_compositional; J&F and object accuracy "
                     "per expression type as mean ± std (min..max) over the seeds -> "
                     "<out>/quality.json, <out>/quality.png, runs in <out>/quality/<config>/seed<k>/.",
         epilog="example: rvos bench --what quality --config configs/baseline_synth.yaml "
                "configs/query_synth_mobilenetv2.yaml --seeds 0 1 --budget-s 600")
-    be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality"],
-                    help="which benchmarks to run (default: speed)")
+    be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality", "query_speed"],
+                    help="which benchmarks to run (default: speed); query_speed: inference "
+                         "frames/s and peak memory of query-family configs (random weights) "
+                         "-> <out>/query_speed.json")
     be.add_argument("--out", default="benchmarks/results",
                     help="folder for the results (default: benchmarks/results)")
     be.add_argument("--device", type=_device, default="auto",
@@ -390,7 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "the configs' train.device")
     be.add_argument("--config", nargs="+", metavar="YAML",
                     help="quality: configs to train and compare on the same synthetic data "
-                         "(default: configs/baseline_synth.yaml)")
+                         "(default: configs/baseline_synth.yaml); query_speed: configs to "
+                         "measure (default: the published ones, configs/*_ytvos_*.yaml and "
+                         "configs/*_a2d_*.yaml)")
+    be.add_argument("--frames", nargs="+", type=_count, metavar="T",
+                    help="query_speed: clip lengths (default: 5 36)")
+    be.add_argument("--repeats", nargs="+", type=_count, metavar="N",
+                    help="query_speed: timed passes after one warm-up, one count or one per "
+                         "--frames value (default: 3 for clips of up to 8 frames, 1 for longer)")
+    be.add_argument("--size", type=_size, metavar="HxW",
+                    help="query_speed: input size (default: 360x640)")
     be.add_argument("--seeds", nargs="+", type=_non_negative, default=[0, 1], metavar="K",
                     help="quality: training seeds, one run per config and seed (default: 0 1)")
     be.add_argument("--budget-s", type=_seconds, default=600.0,

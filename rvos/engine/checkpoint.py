@@ -298,4 +298,7 @@ def load_weights_into(model: nn.Module, checkpoint: Checkpoint, source: str | Pa
         raise RVOSError(f"checkpoint does not fit the model: {len(missing)} missing tensors "
                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. "
                         f"{unexpected[:3]}) (another architecture?)", source)
+    for module in model.modules():      # trained text weights need the real tokenizer
+        if getattr(module, "stand_in_tokenizer", False):
+            module.ensure_real_tokenizer()
     model.load_state_dict(checkpoint.weights)

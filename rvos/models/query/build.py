@@ -57,12 +57,14 @@ def validate_query_config(q: QueryModelConfig) -> None:
     validate_sgmg_config(q)
 
 
-def build_query_model(cfg: Config) -> nn.Module:
-    """QueryRVOS for ``cfg.model.query`` and ``cfg.model.text``."""
+def build_query_model(cfg: Config, pretrained: bool = True) -> nn.Module:
+    """QueryRVOS for ``cfg.model.query`` and ``cfg.model.text``; ``pretrained=False``: a
+    text encoder of random weights (no download)."""
     q = cfg.model.query
     validate_query_config(q)
     backbone = build_backbone(q.backbone, q.backbone_weights)
-    text = TextEncoder(cfg.model.text.name, cfg.model.text.freeze, cfg.model.text.max_length)
+    text = TextEncoder(cfg.model.text.name, cfg.model.text.freeze, cfg.model.text.max_length,
+                       pretrained)
     num_levels = len(q.feature_strides)
     encoder = DeformableEncoder([
         DeformableEncoderLayer(q.dim, q.ffn_dim, q.dropout, num_levels, q.heads, q.enc_points,

@@ -1,0 +1,69 @@
+"""``rvos bench --what query_speed``: the query-family speed benchmark's JSON and table at a
+tiny size (the real figures, 360x640 with T=5 and T=36, come from the command itself)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rvos.bench import format_query_speed, published_configs, query_speed_benchmark
+from rvos.cli import main
+from rvos.errors import RVOSError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "query_synth_mobilenetv2.yaml"
+
+
+def test_default_configs_are_the_published_ones():
+    assert published_configs() and all(("_ytvos_" in p.name or "_a2d_" in p.name)
+                                       for p in published_configs())
+
+
+def test_query_speed_writes_one_measurement_per_config_and_clip_length(tmp_path, capsys):
+    code = main(["bench", "--what", "query_speed", "--config", str(TINY), "--size", "64x64",
+                 "--frames", "1", "2", "--repeats", "2", "1", "--device", "cpu",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "query_speed.json").read_text())
+    assert result["complete"] and result["size"] == [64, 64] and result["frames"] == [1, 2]
+    assert result["repeats"] == {"1": 2, "2": 1}
+    assert result["machine"]["device"] == "cpu" and result["machine"]["threads"] >= 1
+    runs = result["results"]["query_synth_mobilenetv2"]
+    assert list(runs) == ["T1", "T2"]
+    for t, r in zip((1, 2), runs.values()):
+        assert "error" not in r, r
+        assert r["frames"] == t and r["frames_per_s"] > 0
+        assert r["frames_per_s"] == pytest.approx(t / r["seconds_per_clip"])
+        assert r["peak_memory_mb"] >= r["model_memory_mb"] > 0
+        assert r["params"] > r["params_text"] > 0
+        assert r["mask_logits_shape"] == [1, t, 5, 16, 16]
+        assert r["text_tokenizer_stand_in"] is False          # MiniLM's tokenizer ships offline
+    table = capsys.readouterr().out
+    assert "query_synth_mobilenetv2" in table and "frames/s" in table
+    assert format_query_speed(result).count("query_synth_mobilenetv2") == 2
+
+
+def test_a_failed_measurement_is_reported_and_the_rest_goes_on(tmp_path):
+    result = query_speed_benchmark(tmp_path, [TINY], device="cpu", size=(64, 64), frames=[1],
+                                   repeats=[1], overrides=["model.text.name=someone/unknown"])
+    r = result["results"]["query_synth_mobilenetv2"]["T1"]
+    assert result["complete"] and r["frames"] == 1
+    assert "no architecture known offline" in r["error"]
+    assert "error" in format_query_speed(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "no/such.yaml"], "config file not found"),
+    (["--frames", "5", "36", "--repeats", "1", "2", "3"], "--repeats takes one positive count"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    code = main(["bench", "--what", "query_speed", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_earlier_results_are_kept_without_overwrite(tmp_path):
+    (tmp_path / "query_speed.json").write_text("{}")
+    with pytest.raises(RVOSError, match="already exists"):
+        query_speed_benchmark(tmp_path, [TINY], size=(64, 64), frames=[1])
+    assert (tmp_path / "query_speed.json").read_text() == "{}"
