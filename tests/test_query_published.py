@@ -54,7 +54,8 @@ def test_published_config_builds_with_random_weights_and_runs(path, no_download)
     q = cfg.model.query.num_queries
     with torch.inference_mode():
         out = model(torch.randn(1, 2, 3, 64, 64), ["the man in a red shirt riding a bike"])
-    assert out.mask_logits.shape == (1, 2, q, 16, 16)
+    side = 64 if cfg.model.query.sgmg.multi_granularity else 16   # SgMg refines to full size
+    assert out.mask_logits.shape == (1, 2, q, side, side)
     assert out.scores.shape == (1, 2, q)
     assert out.boxes.shape == (1, 2, q, 4)
     assert torch.isfinite(out.mask_logits).all() and torch.isfinite(out.scores).all()
