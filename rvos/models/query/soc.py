@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rvos.models.query.layers import inverse_sigmoid, sine_position_2d
+from rvos.models.query.layers import sine_position_2d
 from rvos.models.query.transformer import DeformableDecoder, FeedForward
 
 
@@ -128,13 +128,8 @@ def decode_heads(decoder: DeformableDecoder, hs: Tensor, reference: Tensor,
     scores, out_boxes = [], []
     for i in range(hs.shape[0]):
         ref = boxes[i - 1].detach() if decoder.box_refine and i > 0 else reference
-        head = i if decoder.box_refine else 0
-        delta = decoder.box_heads[head](hs[i])
-        if ref.shape[-1] == 4:
-            box = (delta + inverse_sigmoid(ref)).sigmoid()
-        else:
-            box = torch.cat([delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]], -1).sigmoid()
-        scores.append(decoder.class_heads[head](hs[i])[..., 0])
+        score, box = decoder.predict(i, hs[i], ref)
+        scores.append(score)
         out_boxes.append(box)
     return torch.stack(scores), torch.stack(out_boxes)
 

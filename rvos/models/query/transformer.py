@@ -145,15 +145,22 @@ class DeformableDecoder(nn.Module):
             out = layer(out, query_pos, reference, memory, spatial_shapes)
             if between_layers is not None:
                 out = between_layers(out)
-            head = i if self.box_refine else 0
-            delta = self.box_heads[head](out)
-            if reference.shape[-1] == 4:
-                box = (delta + inverse_sigmoid(reference)).sigmoid()
-            else:
-                box = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
+            score, box = self.predict(i, out, reference)
             hs.append(out)
-            scores.append(self.class_heads[head](out)[..., 0])
+            scores.append(score)
             boxes.append(box)
             if self.box_refine:
                 reference = box.detach()
         return torch.stack(hs), torch.stack(scores), torch.stack(boxes)
+
+    def predict(self, layer: int, out: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer ``layer``'s class and box heads on its output ``out`` (N, Q, C), the box
+        relative to the ``reference`` (N, Q, 2 | 4) that layer sampled around -> score
+        (N, Q) logits, box (N, Q, 4) normalised cxcywh."""
+        head = layer if self.box_refine else 0
+        delta = self.box_heads[head](out)
+        if reference.shape[-1] == 4:
+            box = (delta + inverse_sigmoid(reference)).sigmoid()
+        else:
+            box = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
+        return self.class_heads[head](out)[..., 0], box
