@@ -141,7 +141,6 @@ def cmd_data_convert_davis(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from rvos.config import load_config
-    from rvos.engine.trainer import Trainer
     from rvos.outputs_dir import InPlaceOutput, check_inputs_outside
 
     cfg = load_config(args.config, args.overrides)
@@ -157,6 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_grounding(cfg, run_dir, args, output)
     if cfg.train.feature_cache:   # the query family on cached frozen-backbone maps
         from rvos.engine.query_cache_trainer import QueryCacheTrainer as Trainer
+    else:
+        from rvos.engine.trainer import Trainer
     # resuming: the weights come from the checkpoint, the initial ones are not read
     trainer = Trainer(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
     if args.resume is not None:

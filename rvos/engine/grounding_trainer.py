@@ -46,7 +46,7 @@ from rvos.data.build import verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
-from rvos.engine.trainer import (MetricsLogger, TrainingStopped, announce_stop, plot_run_curves,
+from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped, plot_run_curves,
                                  seed_everything, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
@@ -97,7 +97,7 @@ class Expression:
     referred: list[int]
 
 
-class GroundingTrainer:
+class GroundingTrainer(StopOnSignal):
     """Trains a ``model.kind: grounding`` config into ``run_dir`` (files as the Trainer's:
     config.yaml, metrics.csv, tensorboard/, curves.png, checkpoints/{last,best}.*; plus
     feature_cache/ unless ``train.grounding.cache_dir`` names another folder).
@@ -161,14 +161,6 @@ class GroundingTrainer:
             getattr(self.model, start["stage"]).load_state_dict(start["weights"])
             self.state.global_step = int(start["global_step"])
             self.state.presentations = int(start["presentations"])
-
-    def _request_stop(self, signum, frame) -> None:
-        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
-        second stops at once."""
-        if self._stop_requested:
-            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
-        self._stop_requested, self.stop_signal = True, signum
-        announce_stop(signum)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> GroundingState:

@@ -45,7 +45,7 @@ from rvos.data.transforms import swap_left_right
 from rvos.data.ytvos import RefYTVOSLayout, sample_clip_indices
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
-from rvos.engine.trainer import (MetricsLogger, TrainingStopped, announce_stop, plot_run_curves,
+from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped, plot_run_curves,
                                  rng_states, seed_everything, set_rng_states, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
@@ -114,7 +114,7 @@ def assemble_step(cache: FeatureCache, draws: list[ClipDraw],
     ``frames`` is a zero-strided (B, T, 3, H, W) view of one zero: the criterion never
     reads pixels, and nothing is copied.
     """
-    per_clip_maps, labels, frame_index, texts, masks, meta = [], [], [], [], [], []
+    per_clip_maps, frame_index, texts, masks, meta = [], [], [], [], []
     t = len(draws[0].rows)
     for k, d in enumerate(draws):
         per_clip_maps.append(cache.features(d.rows, d.flip))
@@ -141,7 +141,7 @@ def assemble_step(cache: FeatureCache, draws: list[ClipDraw],
     return maps, texts, batch
 
 
-class QueryCacheTrainer:
+class QueryCacheTrainer(StopOnSignal):
     """Trains a ``model.kind: query`` config with ``train.feature_cache`` into ``run_dir``.
 
     Files as the Trainer's (config.yaml, metrics.csv, tensorboard/, curves.png,
@@ -207,14 +207,6 @@ class QueryCacheTrainer:
             progress=float(ts["progress"]), finished=bool(ts["finished"]),
             presentations=int(ts["presentations"]), history=list(ckpt.meta.get("history", [])),
             timings=dict(ckpt.meta.get("timings", {})))
-
-    def _request_stop(self, signum, frame) -> None:
-        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
-        second stops at once."""
-        if self._stop_requested:
-            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
-        self._stop_requested, self.stop_signal = True, signum
-        announce_stop(signum)
 
     # ------------------------------------------------------------------ data
     def open_cache(self) -> FeatureCache:

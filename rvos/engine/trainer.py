@@ -154,7 +154,24 @@ def set_rng_states(states: dict) -> None:
         random.setstate((version, tuple(internal), gauss_next))
 
 
-class Trainer:
+class StopOnSignal:
+    """What the trainers share on SIGINT/SIGTERM (install ``_request_stop`` as the handler;
+    the trainer has ``run_dir`` and ``state.global_step``): the first signal asks the run
+    to stop after this step (checkpointed), a second stops it at once."""
+
+    _stop_requested: bool = False
+    stop_signal: int | None = None
+
+    def _request_stop(self, signum, frame) -> None:
+        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
+        second stops at once."""
+        if self._stop_requested:
+            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
+        self._stop_requested, self.stop_signal = True, signum
+        announce_stop(signum)
+
+
+class Trainer(StopOnSignal):
     """Trains ``build_model(cfg)`` on ``cfg.data`` into ``run_dir``.
 
     Files in run_dir: config.yaml (resolved), metrics.csv, tensorboard/, curves.png,
@@ -243,14 +260,6 @@ class Trainer:
                                 history=list(ckpt.meta.get("history", [])))
 
     # ------------------------------------------------------------------ loop
-    def _request_stop(self, signum, frame) -> None:
-        """SIGINT/SIGTERM handler: the first stops after this step (checkpointed), a
-        second stops at once."""
-        if self._stop_requested:
-            raise TrainingStopped(signum, self.run_dir, self.state.global_step, checkpointed=False)
-        self._stop_requested, self.stop_signal = True, signum
-        announce_stop(signum)
-
     def validate(self) -> dict | None:
         """J&F on the validation split (None when it has no annotations or eval is off)."""
         return validation_summary(self.model, self.cfg, self.device, self.progress)
