@@ -12,7 +12,7 @@ from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.inference import select_referred
 from rvos.losses import weighted_total
-from rvos.matcher import ClipMatcher
+from rvos.models.query.matcher import ClipMatcher
 from rvos.models.build import build_criterion, build_model
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.build import validate_query_config
