@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rvos.config import Config, load_config
+from rvos.config import base_chain, load_config
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 
@@ -223,6 +223,13 @@ def format_query_speed(result: dict) -> str:
                          f"{r['seconds_per_clip']:>9.2f}{r['cpu_seconds_per_clip']:>8.1f}"
                          f"{r['peak_memory_mb']:>9.0f}"
                          f"{r['model_memory_mb']:>10.0f}{r['params'] / 1e6:>10.1f}")
+    for name, entry in result.get("against_base", {}).items():
+        for key, ratio in entry.items():
+            if key != "base":
+                lines.append(f"{name} against {entry['base']}, {key}: "
+                             f"{ratio['frames_per_s_ratio']:.2f}x the frames/s, "
+                             f"{ratio['cpu_seconds_ratio']:.2f}x the CPU seconds, "
+                             f"{ratio['peak_memory_ratio']:.2f}x the peak memory")
     return "\n".join(lines)
 
 
@@ -303,12 +310,37 @@ def query_speed_benchmark(out: Path, configs: list[Path] | None = None, device: 
                 write_file_atomic(json_path, json.dumps(result, indent=1))
             except OSError as e:
                 raise os_error(e, json_path) from None
+    result["against_base"] = against_base(result, configs)
     result["complete"] = True
     try:
         write_file_atomic(json_path, json.dumps(result, indent=1))
     except OSError as e:
         raise os_error(e, json_path) from None
     return result
+
+
+def against_base(result: dict, configs: list[Path]) -> dict:
+    """Each measured config against the nearest config of its ``base:`` chain that was
+    measured too (a method against the core it extends, e.g. SgMg against ReferFormer's
+    Video-Swin-T settings): ``{config: {"base": stem, "T<n>": {frames_per_s_ratio,
+    cpu_seconds_ratio, peak_memory_ratio}}}`` (config / base; a frames/s ratio above 1 is
+    faster), for the clip lengths both measured without error."""
+    by_path = {Path(c).resolve(): Path(c).stem for c in configs}
+    comparisons = {}
+    for config in configs:
+        base = next((by_path[p] for p in base_chain(config) if p in by_path), None)
+        if base is None:
+            continue
+        entry = {"base": base}
+        for key, r in result["results"].get(Path(config).stem, {}).items():
+            b = result["results"].get(base, {}).get(key)
+            if b is None or "error" in r or "error" in b:
+                continue
+            entry[key] = {"frames_per_s_ratio": r["frames_per_s"] / b["frames_per_s"],
+                          "cpu_seconds_ratio": r["cpu_seconds_per_clip"] / b["cpu_seconds_per_clip"],
+                          "peak_memory_ratio": r["peak_memory_mb"] / b["peak_memory_mb"]}
+        comparisons[Path(config).stem] = entry
+    return comparisons
 
 
 QUALITY_SPLITS = ("test", "test_compositional")

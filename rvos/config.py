@@ -568,16 +568,9 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The values a YAML config file sets, its ``base:`` chain resolved: ``base: FILE``
     (relative to this file's folder) loads FILE first and this file's values override it,
     key by key."""
-    if not path.is_file():
-        raise RVOSError("config file not found", path)
     if path.resolve() in seen:
         raise RVOSError("config bases form a cycle", path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RVOSError(f"not valid YAML: {e}", path) from None
-    if not isinstance(values, dict):
-        raise RVOSError("a config file must hold a mapping at the top level", path)
+    values = read_config_file_raw(path)
     base = values.pop(BASE_KEY, None)
     if base is None:
         return values
@@ -585,6 +578,36 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise RVOSError(f"{BASE_KEY}: must name a config file, got {base!r}", path)
     parent = read_config_file(path.parent / base, seen + (path.resolve(),))
     return _merge(upgrade_config_dict(parent), upgrade_config_dict(values))
+
+
+def base_chain(path: str | Path) -> list[Path]:
+    """The config files ``path`` inherits from, nearest first (its ``base:``, that file's
+    ``base:``, ...), resolved; [] for a file without a base."""
+    chain: list[Path] = []
+    path = Path(path)
+    while True:
+        values = read_config_file_raw(path)
+        base = values.get(BASE_KEY)
+        if not isinstance(base, str) or not base:
+            return chain
+        path = (path.parent / base).resolve()
+        if path in chain:
+            raise RVOSError("config bases form a cycle", path)
+        chain.append(path)
+
+
+def read_config_file_raw(path: Path) -> dict:
+    """The mapping a YAML config file holds, ``base:`` not resolved (RVOSError naming the
+    file when it is missing or not a mapping)."""
+    if not path.is_file():
+        raise RVOSError("config file not found", path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RVOSError(f"not valid YAML: {e}", path) from None
+    if not isinstance(values, dict):
+        raise RVOSError("a config file must hold a mapping at the top level", path)
+    return values
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

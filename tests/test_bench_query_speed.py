@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rvos.bench import format_query_speed, published_configs, query_speed_benchmark
+from rvos.bench import against_base, format_query_speed, published_configs, query_speed_benchmark
+from rvos.config import base_chain
 from rvos.cli import main
 from rvos.errors import RVOSError
 
@@ -67,3 +68,23 @@ def test_earlier_results_are_kept_without_overwrite(tmp_path):
     with pytest.raises(RVOSError, match="already exists"):
         query_speed_benchmark(tmp_path, [TINY], size=(64, 64), frames=[1])
     assert (tmp_path / "query_speed.json").read_text() == "{}"
+
+
+def test_a_method_is_compared_with_the_nearest_measured_config_it_is_based_on(tmp_path):
+    (tmp_path / "core.yaml").write_text("model: {kind: query}\n")
+    (tmp_path / "method.yaml").write_text("base: core.yaml\nmodel: {query: {dim: 64}}\n")
+    (tmp_path / "method_big.yaml").write_text("base: method.yaml\n")
+    configs = [tmp_path / n for n in ("core.yaml", "method.yaml", "method_big.yaml")]
+    assert base_chain(configs[2]) == [configs[1].resolve(), configs[0].resolve()]
+
+    def run(fps, cpu, mem):
+        return {"frames_per_s": fps, "cpu_seconds_per_clip": cpu, "peak_memory_mb": mem}
+    result = {"results": {"core": {"T5": run(2.0, 10.0, 1000.0), "T36": {"error": "killed"}},
+                          "method": {"T5": run(3.0, 5.0, 500.0), "T36": run(1.0, 1.0, 1.0)},
+                          "method_big": {"T5": run(1.5, 10.0, 1000.0)}}}
+    comparison = against_base(result, configs)
+    assert "core" not in comparison                              # it has no base
+    assert comparison["method"] == {"base": "core", "T5": {          # T36: the core failed
+        "frames_per_s_ratio": 1.5, "cpu_seconds_ratio": 0.5, "peak_memory_ratio": 0.5}}
+    assert comparison["method_big"]["base"] == "method"           # the nearest one measured
+    assert comparison["method_big"]["T5"]["frames_per_s_ratio"] == 0.5
