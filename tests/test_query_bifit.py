@@ -14,19 +14,16 @@ from rvos.models.build import build_criterion, build_model
 from rvos.models.query.bifit import InterFrameInteraction, VisionToWords
 from rvos.models.text import TextFeatures
 
+from tiny_query import build_tiny, tiny_overrides
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.kind=query", "model.query.backbone=mobilenet_v2", "model.query.dim=32",
-        "model.query.heads=4", "model.query.enc_layers=1", "model.query.dec_layers=2",
-        "model.query.ffn_dim=64", "model.query.num_queries=3", "model.query.mask_dim=8",
-        "model.query.dropout=0.0", "data.input_size=[32,32]"]
+TINY = tiny_overrides(32)
 BOTH = ["model.query.bifit.bidirectional=true", "model.query.bifit.inter_frame=true"]
 BIDIRECTIONAL, INTER_FRAME = BOTH[:1], BOTH[1:]
 
 
 def build(*extra):
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY + list(extra))
-    return build_model(cfg), build_criterion(cfg)
+    return build_tiny(*extra, size=32)
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from rvos.config import load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
-from rvos.models.build import build_criterion, build_model
 from rvos.models.query.model import QueryRVOS
 
-TINY = ["model.kind=query", "model.query.backbone=mobilenet_v2", "model.query.dim=32",
-        "model.query.heads=4", "model.query.enc_layers=1", "model.query.dec_layers=2",
-        "model.query.ffn_dim=64", "model.query.num_queries=3", "model.query.mask_dim=8",
-        "model.query.dropout=0.0", "data.input_size=[64,64]"]
-
-
-def build(*extra):
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY + list(extra))
-    return build_model(cfg), build_criterion(cfg)
+from tiny_query import build_tiny as build
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,16 @@ from rvos.models.query.criterion import QueryCriterion
 from rvos.models.query.sgmg import (DetailOptimizer, SpectralFilter, SpectrumFusion,
                                     centre_gaussian, coarse_mask_losses, damp_high_frequencies)
 
+from tiny_query import build_tiny, tiny_overrides
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.kind=query", "model.query.backbone=mobilenet_v2", "model.query.dim=32",
-        "model.query.heads=4", "model.query.enc_layers=1", "model.query.dec_layers=2",
-        "model.query.ffn_dim=64", "model.query.num_queries=3", "model.query.mask_dim=8",
-        "model.query.dropout=0.0", "data.input_size=[64,64]", "model.query.sgmg.spectrum_sigma=2.0"]
+TINY = tiny_overrides(64) + ["model.query.sgmg.spectrum_sigma=2.0"]
 BOTH = ["model.query.sgmg.spectrum_fusion=true", "model.query.sgmg.multi_granularity=true",
         "loss.query.sgmg_coarse_mask=2", "loss.query.sgmg_coarse_dice=5"]
 
 
 def build(*extra):
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY + list(extra))
-    return build_model(cfg), build_criterion(cfg)
+    return build_tiny(*extra, "model.query.sgmg.spectrum_sigma=2.0")
 
 
 def clip_batch(b=2, t=2, size=64):

@@ -19,20 +19,14 @@ from rvos.models.query.criterion import same_referent, video_text_contrast
 from rvos.models.query.soc import VideoObjectClusters
 from rvos.models.text import TextFeatures
 
+from tiny_query import build_tiny as build, tiny_overrides
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.kind=query", "model.query.backbone=mobilenet_v2", "model.query.dim=32",
-        "model.query.heads=4", "model.query.enc_layers=1", "model.query.dec_layers=2",
-        "model.query.ffn_dim=64", "model.query.num_queries=3", "model.query.mask_dim=8",
-        "model.query.dropout=0.0", "data.input_size=[64,64]"]
+TINY = tiny_overrides(64)
 SOC_ON = ["model.query.soc.clusters=true", "model.query.soc.vision_text=true",
           "model.query.soc.enc_layers=1", "model.query.soc.dec_layers=2",
           "model.query.soc.ffn_dim=64", "loss.query.contrast=1.0"]
 
-
-def build(*extra):
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY + list(extra))
-    return build_model(cfg), build_criterion(cfg)
 
 
 @pytest.fixture(scope="module")
