@@ -613,14 +613,15 @@ def test_train_disk_full_before_the_first_checkpoint_keeps_the_old_run(old_run, 
 
 
 # ----------------------------------------------------------------------------- demo, bench
-def _fake_demo_data(root, progress=True):
+def _fake_demo_data(root, progress=True, train_videos=0):
     root.mkdir(parents=True)
     (root / "synth_info.json").write_text("{}")
     _point("data written")
     return 0.0
 
 
-def _fake_train_evaluate_predict(out, data_root, config_path, budget_s, progress=True, overrides=None):
+def _fake_train_evaluate_predict(out, data_root, config_path, budget_s, progress=True, overrides=None,
+                                 eval_samples=0):
     (out / "run").mkdir(parents=True)
     (out / "run" / "config.yaml").write_text("new")
     _point("trained")
