@@ -22,3 +22,13 @@ def build_tiny(*extra: str, size: int = 64):
     torch.manual_seed(0)
     cfg = load_config(None, tiny_overrides(size) + list(extra))
     return build_model(cfg), build_criterion(cfg)
+
+
+def train_step_leaves_no_parameter_without_gradient(model, criterion, batch) -> list[str]:
+    """One weighted backward pass of ``criterion`` on ``model(batch)`` (losses asserted
+    finite); returns the names of trainable parameters that got no gradient (grads kept)."""
+    model.train()
+    losses = criterion(model(batch.frames, batch.texts), batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(criterion.weights[k] * losses[k] for k in criterion.weights).backward()
+    return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

@@ -42,11 +42,10 @@ from tqdm import tqdm
 
 from rvos.config import RULES, Config, save_config, validate_config
 from rvos.data.transforms import normalize, swap_left_right
-from rvos.data.build import verify_validation_split
-from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
-from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped, plot_run_curves,
+from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
+                                 open_training_split, plot_run_curves,
                                  seed_everything, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
@@ -116,20 +115,14 @@ class GroundingTrainer(StopOnSignal):
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg, pretrained)
         self.model.to(self.device)
-        self.layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
-        if not self.layout.has_annotations:
-            raise RVOSError("the training split has no Annotations folder", self.layout.split_dir)
-        self.layout.verify()
-        verify_validation_split(cfg)  # a damaged validation split fails now, not after a stage
+        self.layout = open_training_split(cfg)
         g = cfg.train.grounding
         self.cache_root = Path(g.cache_dir) if g.cache_dir else self.run_dir / "feature_cache"
         # optim.amp: the segmenter stage under bfloat16 autocast (no loss scaling needed;
         # fast on CPUs with AVX512-BF16 and on recent GPUs)
         self.amp_dtype = torch.bfloat16
         self.state = GroundingState()
-        self._stop_requested = False
         self._stage_start: dict | None = None     # set while a stage runs or after its stop
-        self.stop_signal: int | None = None    # the signal that asked for the stop
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:

@@ -40,12 +40,12 @@ from tqdm import tqdm
 
 from rvos.config import Config, feature_cache_problem, save_config, validate_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
-from rvos.data.build import verify_validation_split
 from rvos.data.transforms import swap_left_right
 from rvos.data.ytvos import RefYTVOSLayout, sample_clip_indices
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
-from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped, plot_run_curves,
+from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
+                                 open_training_split, plot_run_curves,
                                  rng_states, seed_everything, set_rng_states, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
@@ -164,19 +164,13 @@ class QueryCacheTrainer(StopOnSignal):
         seed_everything(cfg.train.seed)
         self.model, self.criterion = build_model(cfg, pretrained), build_criterion(cfg)
         self.model.to(self.device)
-        self.layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
-        if not self.layout.has_annotations:
-            raise RVOSError("the training split has no Annotations folder", self.layout.split_dir)
-        self.layout.verify()
-        verify_validation_split(cfg)  # a damaged validation split fails now, not after an epoch
+        self.layout = open_training_split(cfg)
         c = cfg.train.cache
         self.cache_root = Path(c.cache_dir) if c.cache_dir else self.run_dir / "feature_cache"
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr,
                                            weight_decay=cfg.optim.weight_decay)
         self.state = CacheTrainState()
-        self._stop_requested = False
-        self.stop_signal: int | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:

@@ -154,6 +154,17 @@ def set_rng_states(states: dict) -> None:
         random.setstate((version, tuple(internal), gauss_next))
 
 
+def open_training_split(cfg: Config) -> RefYTVOSLayout:
+    """The training split of ``cfg.data`` for the frozen-feature trainers, verified (and the
+    validation split too, so that a damaged one fails now rather than after training)."""
+    layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
+    if not layout.has_annotations:
+        raise RVOSError("the training split has no Annotations folder", layout.split_dir)
+    layout.verify()
+    verify_validation_split(cfg)
+    return layout
+
+
 class StopOnSignal:
     """What the trainers share on SIGINT/SIGTERM (install ``_request_stop`` as the handler;
     the trainer has ``run_dir`` and ``state.global_step``): the first signal asks the run
@@ -203,8 +214,6 @@ class Trainer(StopOnSignal):
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
         self.state = TrainState()
-        self._stop_requested = False
-        self.stop_signal: int | None = None    # the signal that asked for the stop
 
     # ------------------------------------------------------------------ set-up
     def _build_optimizer(self) -> torch.optim.Optimizer:
