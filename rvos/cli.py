@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # once the new run has its first checkpoint (restored if it fails before).
     output = InPlaceOutput(run_dir, "train", overwrite=args.overwrite,
                            resume=args.resume is not None, started_when="checkpoints/last*")
-    if cfg.model.kind == "grounding":
+    if cfg.model.kind in ("grounding", "fewshot"):
         return _train_grounding(cfg, run_dir, args, output)
     if cfg.train.feature_cache:   # the query family on cached frozen-backbone maps
         from rvos.engine.query_cache_trainer import QueryCacheTrainer as Trainer
@@ -173,22 +173,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace, output) -> int:
-    """The track-grounding model trains in stages on cached features (its own trainer)."""
+    """The track-grounding model (and its few-shot extension) trains in stages on cached
+    features (its own trainer)."""
     from rvos.engine.grounding_trainer import STAGES, GroundingTrainer
 
     if args.stop_after_steps:
-        raise RVOSError("--stop-after-steps applies to the clip trainers; a grounding run is "
-                        "bounded by train.grounding.*_steps and train.time_budget_s")
+        raise RVOSError(f"--stop-after-steps applies to the clip trainers; a {cfg.model.kind} run "
+                        "is bounded by train.grounding.*_steps and train.time_budget_s")
+    trainer_class = GroundingTrainer
+    if cfg.model.kind == "fewshot":
+        from rvos.engine.fewshot_trainer import FewShotTrainer as trainer_class
     # resuming: the weights come from the checkpoint, the initial ones are not read
-    trainer = GroundingTrainer(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
+    trainer = trainer_class(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed after the stages {trainer.state.done or 'none'}")
     with output:
         state = trainer.fit()
     done = all(s in state.done for s in STAGES)
+    scored = (f"score it with: rvos evaluate --checkpoint {run_dir / 'checkpoints' / 'last'}"
+              if cfg.model.kind == "fewshot" else f"best validation J&F {state.best_jf:.4f}")
     print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
-          f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
+          f"{scored}; run folder {run_dir}")
     return 0
 
 
@@ -206,6 +212,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise RVOSError("rvos evaluate needs --checkpoint (score a model) or --benchmark "
                         "(score prediction folders)")
+    from rvos.engine.checkpoint import load_checkpoint
+
+    if load_checkpoint(args.checkpoint).config.model.kind == "fewshot":
+        return _evaluate_fewshot(args, out, overwrite)
     from rvos.data.ytvos import RefYTVOSLayout
     from rvos.engine.checkpoint import load_checkpoint
     from rvos.engine.evaluator import evaluate_layout, format_table, write_results
@@ -231,6 +241,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         paths = write_results(results, stage)
     print(format_table([r.summary() for r in results]))
     print(f"metrics: {out / paths['json'].name}  per expression: {out / paths['csv'].name}")
+    return 0
+
+
+def _evaluate_fewshot(args: argparse.Namespace, out: Path, overwrite: bool) -> int:
+    """A few-shot checkpoint: episodes of its fold's novel categories (or of another
+    few-shot dataset's, --fewshot-dataset with --data), per-fold J, F, J&F."""
+    import json
+
+    from rvos.data.mini_refvos import open_fewshot_layout
+    from rvos.engine.checkpoint import load_checkpoint
+    from rvos.engine.fewshot_evaluator import evaluate_fold, format_fewshot_table
+    from rvos.inference import Predictor
+    from rvos.outputs_dir import staged_output, write_file_atomic
+
+    cfg = load_checkpoint(args.checkpoint).config
+    f = cfg.data.fewshot
+    dataset = args.fewshot_dataset or f.dataset
+    fold = f.fold if dataset == f.dataset else 1
+    if dataset != f.dataset and not args.data:
+        raise RVOSError(f"--fewshot-dataset {dataset} needs --data (its root)")
+    shots_list = args.shots or [f.shots]
+    layout = open_fewshot_layout(dataset, args.data or cfg.data.root)
+    with staged_output(out, overwrite, "evaluate") as stage:
+        model = Predictor.from_checkpoint(args.checkpoint, args.device).model
+        results = [evaluate_fold(model, layout, fold, shots, args.draws or f.eval_draws,
+                                 f.eval_seed, cfg.data.input_size, next(model.parameters()).device,
+                                 progress=not args.quiet) for shots in shots_list]
+        table = format_fewshot_table(results)
+        write_file_atomic(stage / "metrics.json",
+                          json.dumps({"dataset": dataset, "checkpoint": str(args.checkpoint),
+                                      "results": results}, indent=2))
+        write_file_atomic(stage / "results.txt", table + "\n")
+    print(table)
+    print(f"metrics: {out / 'metrics.json'}")
     return 0
 
 
@@ -350,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", type=_device, default="auto")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace an earlier output folder of rvos evaluate")
+    ev.add_argument("--shots", type=_count, nargs="+",
+                    help="few-shot checkpoints: support samples per episode (default: "
+                         "data.fewshot.shots); several values score each")
+    ev.add_argument("--draws", type=_count,
+                    help="few-shot checkpoints: support sets drawn per novel category")
+    ev.add_argument("--fewshot-dataset", choices=("synth", "mini-ytvos", "mini-sailvos"),
+                    help="few-shot checkpoints: score on another few-shot dataset (with --data)")
     try:
         from rvos.metrics.cli import add_benchmark_arguments
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import yaml
 
 from rvos.errors import RVOSError
+from rvos.models.fewshot.config import (CrossModalAffinityConfig, FewShotDataConfig,
+                                        FewShotTrainConfig)
 from rvos.models.grounding.config import GroundingTrainConfig, TrackGroundingConfig
 from rvos.models.query.config import QueryModelConfig
 
@@ -47,6 +49,8 @@ class DataConfig:
     refcoco_root: str = ""            # folder with refcoco*/refs(*).p and instances.json + images
     refcoco_dataset: str = "refcoco"  # refcoco | refcoco+ | refcocog
     joint_image_ratio: float = 0.0    # share of training samples drawn from image data
+    # few-shot episodes (model.kind: fewshot): the dataset, fold and shots
+    fewshot: FewShotDataConfig = field(default_factory=FewShotDataConfig)
 
 
 @dataclass
@@ -73,11 +77,12 @@ class BaselineConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "baseline"            # baseline | query | grounding
+    kind: str = "baseline"            # baseline | query | grounding | fewshot
     text: TextConfig = field(default_factory=TextConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     query: QueryModelConfig = field(default_factory=QueryModelConfig)
     grounding: TrackGroundingConfig = field(default_factory=TrackGroundingConfig)
+    fewshot: CrossModalAffinityConfig = field(default_factory=CrossModalAffinityConfig)
 
 
 @dataclass
@@ -169,6 +174,7 @@ class TrainConfig:
     feature_cache: bool = False
     cache: CachedTrainConfig = field(default_factory=CachedTrainConfig)
     grounding: GroundingTrainConfig = field(default_factory=GroundingTrainConfig)  # its stages
+    fewshot: FewShotTrainConfig = field(default_factory=FewShotTrainConfig)  # its episodes
 
 
 @dataclass
@@ -252,7 +258,7 @@ RULES: dict[str, Rule] = {
     "data.max_val_samples": NONNEG,            # 0: all
     "data.refcoco_dataset": one_of("refcoco", "refcoco+", "refcocog"),
     "data.joint_image_ratio": RATE,
-    "model.kind": one_of("baseline", "query", "grounding"),
+    "model.kind": one_of("baseline", "query", "grounding", "fewshot"),
     "model.text.max_length": COUNT,
     "model.baseline.dim": COUNT,
     "model.baseline.heads": COUNT,
@@ -332,6 +338,15 @@ RULES: dict[str, Rule] = {
     "train.grounding.scorer_batch": COUNT,
     "train.grounding.scorer_lr": POSITIVE_REAL,
     "train.grounding.scorer_tracks": one_of("gt", "predicted"),
+    "data.fewshot.dataset": one_of("synth", "mini-ytvos", "mini-sailvos"),
+    "data.fewshot.fold": COUNT,
+    "data.fewshot.shots": COUNT,
+    "data.fewshot.eval_draws": COUNT,
+    "data.fewshot.eval_seed": NONNEG,
+    "model.fewshot.key_dim": COUNT,
+    "model.fewshot.heads": COUNT,
+    "model.fewshot.dropout": reals(0, 1, hi_open=True),
+    "train.fewshot.min_shots": COUNT,
     "eval.window": COUNT,
     "eval.threshold": SHARE,
 }
@@ -355,6 +370,12 @@ def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
     if sg.multi_granularity and tuple(m.query.feature_strides)[:1] != (8,):
         bad.append(("model.query.sgmg.multi_granularity", True,
                     "needs model.query.feature_strides to start at 8"))
+    if m.fewshot.key_dim % m.fewshot.heads:
+        bad.append(("model.fewshot.heads", m.fewshot.heads,
+                    f"must divide model.fewshot.key_dim ({m.fewshot.key_dim})"))
+    if cfg.train.fewshot.min_shots > cfg.data.fewshot.shots:
+        bad.append(("train.fewshot.min_shots", cfg.train.fewshot.min_shots,
+                    f"must not exceed data.fewshot.shots ({cfg.data.fewshot.shots})"))
     if m.grounding.nms_kernel % 2 == 0:
         bad.append(("model.grounding.nms_kernel", m.grounding.nms_kernel, "must be odd"))
     if m.grounding.backbone.startswith("video_swin"):
@@ -382,7 +403,8 @@ def feature_cache_problem(cfg: Config) -> str | None:
     m = cfg.model
     if m.kind != "query":
         return (f"applies to model.kind=query (model.kind={m.kind}"
-                + (" always trains on cached features)" if m.kind == "grounding" else ")"))
+                + (" always trains on cached features)" if m.kind in ("grounding", "fewshot")
+                   else ")"))
     if not m.query.freeze_backbone:
         return "needs model.query.freeze_backbone: true (a trained backbone's maps change)"
     if m.query.backbone.startswith("video_"):

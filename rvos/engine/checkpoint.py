@@ -77,6 +77,9 @@ def architecture_signature(cfg: Config) -> dict[str, Any]:
     model = to_dict(cfg.model)
     signature = {"kind": cfg.model.kind, "text": model["text"]["name"]}
     signature.update(model[cfg.model.kind] if cfg.model.kind in model else {})
+    if cfg.model.kind == "fewshot":     # the grounding model it extends
+        signature["grounding"] = {k: v for k, v in model["grounding"].items()
+                                  if k != "backbone_weights"}
     signature.pop("backbone_weights", None)
     return signature
 

@@ -103,10 +103,13 @@ class GroundingTrainer(StopOnSignal):
     ``pretrained=False``: as the Trainer's (for a :meth:`resume`, which must then come
     before :meth:`fit`, since the cache is keyed by the backbone's weights)."""
 
+    KIND = "grounding"
+
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
                  pretrained: bool = True):
-        if cfg.model.kind != "grounding":
-            raise RVOSError(f"GroundingTrainer trains model.kind=grounding, not {cfg.model.kind!r}")
+        if cfg.model.kind != self.KIND:
+            raise RVOSError(f"{type(self).__name__} trains model.kind={self.KIND}, "
+                            f"not {cfg.model.kind!r}")
         validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
@@ -115,7 +118,7 @@ class GroundingTrainer(StopOnSignal):
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg, pretrained)
         self.model.to(self.device)
-        self.layout = open_training_split(cfg)
+        self.layout = self.open_layout()
         g = cfg.train.grounding
         self.cache_root = Path(g.cache_dir) if g.cache_dir else self.run_dir / "feature_cache"
         # optim.amp: the segmenter stage under bfloat16 autocast (no loss scaling needed;
@@ -123,6 +126,18 @@ class GroundingTrainer(StopOnSignal):
         self.amp_dtype = torch.bfloat16
         self.state = GroundingState()
         self._stage_start: dict | None = None     # set while a stage runs or after its stop
+
+    def open_layout(self):
+        """The training split, verified (every file it lists exists)."""
+        return open_training_split(self.cfg)
+
+    def stage_module(self, stage: str) -> torch.nn.Module:
+        """The module training stage ``stage`` trains (its weights are what a stop keeps)."""
+        return getattr(self.model, stage)
+
+    def segmenter_rows(self, cache: FeatureCache) -> np.ndarray:
+        """The cache rows (frames) the segmenter trains on: all of them."""
+        return np.arange(len(cache))
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:
@@ -151,7 +166,7 @@ class GroundingTrainer(StopOnSignal):
                                     presentations=int(m.get("presentations", 0)))
         start = ckpt.training_state
         if start and start.get("stage") in STAGES and start["stage"] not in self.state.done:
-            getattr(self.model, start["stage"]).load_state_dict(start["weights"])
+            self.stage_module(start["stage"]).load_state_dict(start["weights"])
             self.state.global_step = int(start["global_step"])
             self.state.presentations = int(start["presentations"])
 
@@ -261,13 +276,14 @@ class GroundingTrainer(StopOnSignal):
 
     def _train_segmenter(self, cache: FeatureCache, logger: MetricsLogger, budget_s: float) -> None:
         g = self.cfg.train.grounding
-        self._begin_stage("segmenter", self.model.segmenter)
+        self._begin_stage("segmenter", self.stage_module("segmenter"))
         rng = np.random.default_rng([self.cfg.train.seed, 1])
         segmenter = self.model.segmenter.train()
-        n = len(cache)
+        pool = self.segmenter_rows(cache)
+        n = len(pool)
 
         def step():
-            rows = np.sort(rng.choice(n, min(g.seg_batch_frames, n), replace=False))
+            rows = np.sort(pool[rng.choice(n, min(g.seg_batch_frames, n), replace=False)])
             flip = bool(cache.flip_maps is not None and rng.random() < 0.5)
             maps = [m.to(self.device) for m in cache.features(rows, flip)]
             rgb = self._rgb(cache, rows, flip)
@@ -291,8 +307,10 @@ class GroundingTrainer(StopOnSignal):
 
     # ------------------------------------------------------------------ scorer
     @torch.no_grad()
-    def track_bank(self, cache: FeatureCache, flip: bool) -> dict[str, tuple[TrackSet, list[int]]]:
-        """Per training video: its tracks (tokens only) and the object id of each track.
+    def track_bank(self, cache: FeatureCache, flip: bool, videos: list[str] | None = None
+                   ) -> dict[str, tuple[TrackSet, list[int]]]:
+        """Per training video (``videos``, default all the cache holds): its tracks (tokens
+        only) and the object id of each track.
 
         ``scorer_tracks=gt``: one track per annotated object. ``predicted``: the model's own
         tracks; a track takes the id of the annotated object it overlaps with IoU >= 0.5
@@ -300,7 +318,7 @@ class GroundingTrainer(StopOnSignal):
         """
         predicted = self.cfg.train.grounding.scorer_tracks == "predicted"
         bank = {}
-        spans = list(cache.videos.values())
+        spans = [cache.videos[v] for v in (cache.videos if videos is None else videos)]
         for span in tqdm(spans, desc="tracks" + (" (mirrored)" if flip else ""), unit="video",
                          disable=not self.progress, leave=False):
             rows = np.arange(span.start, span.start + span.count)

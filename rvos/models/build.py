@@ -15,7 +15,7 @@ from torch import nn
 from rvos.config import Config
 from rvos.errors import RVOSError
 
-MODEL_KINDS = ("baseline", "query", "grounding")
+MODEL_KINDS = ("baseline", "query", "grounding", "fewshot")
 
 
 def without_pretrained_init(cfg: Config) -> Config:
@@ -55,6 +55,10 @@ def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
         from rvos.models.query.build import build_query_model
 
         return build_query_model(cfg, pretrained)
+    if kind == "fewshot":
+        from rvos.models.fewshot.build import build_fewshot_model
+
+        return build_fewshot_model(cfg)
     from rvos.models.grounding.build import build_grounding_model
 
     return build_grounding_model(cfg)
@@ -62,8 +66,9 @@ def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
 
 def build_criterion(cfg: Config) -> nn.Module | None:
     """The training objective of ``cfg.model.kind``: a module ``(output, batch) -> named
-    losses`` with ``weights`` from ``cfg.loss.<kind>``. None for the grounding family, which
-    trains in stages with objectives of its own (``rvos.models.grounding.objective``)."""
+    losses`` with ``weights`` from ``cfg.loss.<kind>``. None for the grounding
+    and few-shot families, which train in stages with objectives of their own
+    (``rvos.models.grounding.objective``)."""
     kind = _kind(cfg)
     if kind == "baseline":
         from rvos.models.baseline.build import build_baseline_criterion

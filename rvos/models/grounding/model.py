@@ -113,10 +113,13 @@ class TrackGroundingModel(nn.Module):
         feats = self.text(texts, device)
         return feats.words, feats.padding_mask
 
-    def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor | None = None) -> RVOSOutput:
+    def clip_tracks(self, frames: Tensor, num_texts: int, clip_index: Tensor | None
+                    ) -> tuple[list[TrackSet], list[int], SegmenterOutput]:
+        """frames (C, T, 3, H, W) -> (the tracks of each clip, the clip of each of the
+        ``num_texts`` sentences, the segmenter's output over all C * T frames)."""
         num_clips, t = frames.shape[:2]
-        rows = frame_index_for(clip_index, num_clips, len(texts), t, frames.device)
-        clip_of = (torch.arange(len(texts)) if rows is None else clip_index.cpu()).tolist()
+        rows = frame_index_for(clip_index, num_clips, num_texts, t, frames.device)
+        clip_of = (torch.arange(num_texts) if rows is None else clip_index.cpu()).tolist()
         flat = frames.flatten(0, 1)
         maps = self.features(flat)
         seg = self.segmenter(maps, flat)
@@ -126,15 +129,23 @@ class TrackGroundingModel(nn.Module):
             sets.append(self.find_tracks([m[sl] for m in maps], flat[sl],
                                          SegmenterOutput(seg.fg_logits[sl], seg.heatmap_logits[sl],
                                                          seg.offsets[sl])))
+        return sets, clip_of, seg
+
+    def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor | None = None) -> RVOSOutput:
+        sets, clip_of, seg = self.clip_tracks(frames, len(texts), clip_index)
         words, padding = self.encode_text(texts, frames.device)
         batch = pad_tracks([sets[ci] for ci in clip_of])
-        logits = self.scorer(batch, words, padding)                         # (B, N)
+        return self.output(sets, clip_of, seg, batch, self.scorer(batch, words, padding))
+
+    def output(self, sets: list[TrackSet], clip_of: list[int], seg: SegmenterOutput,
+               batch: TrackBatch, logits: Tensor) -> RVOSOutput:
+        """Track logits (B, N) of B sentences -> the :class:`RVOSOutput` (see the class)."""
         log_p = logits.log_softmax(-1)
         score = (log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-6)))    # logit of P
         score = score.masked_fill(~batch.valid, -1e4)
         n = logits.shape[1]
-        h, w = flat.shape[-2:]
-        mask_logits = torch.full((len(texts), t, n, h, w), BACKGROUND_LOGIT, device=frames.device)
+        t, h, w = seg.fg_logits.shape[0] // len(sets), *seg.fg_logits.shape[-2:]
+        mask_logits = torch.full((len(clip_of), t, n, h, w), BACKGROUND_LOGIT, device=logits.device)
         for b, ci in enumerate(clip_of):
             s = sets[ci]
             fg = seg.fg_logits[ci * t:(ci + 1) * t, 0].float()              # (T, H, W)

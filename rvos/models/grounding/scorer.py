@@ -219,7 +219,9 @@ class RelationLayer(nn.Module):
 
 class TrackScorer(nn.Module):
     """tracks (:class:`TrackBatch`) + words (B, L, text_dim), padding (B, L) -> logits (B, N)
-    (-inf at padded tracks)."""
+    (-inf at padded tracks). ``evidence`` (B, N, dim), optional: what another module knows
+    about each track (the few-shot family's support affinity), added to the track states
+    before the sentence conditions them."""
 
     def __init__(self, appearance_dim: int, text_dim: int, dim: int = 128, heads: int = 4,
                  relation_layers: int = 2, roles: int = 4, dropout: float = 0.0):
@@ -241,7 +243,8 @@ class TrackScorer(nn.Module):
         self.read_out = _mlp(2 * dim, dim, 1)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tracks: TrackBatch, words: Tensor, padding: Tensor) -> Tensor:
+    def forward(self, tracks: TrackBatch, words: Tensor, padding: Tensor,
+                evidence: Tensor | None = None) -> Tensor:
         w = self.words(words)                                               # (B, L, d)
         roles = self.roles(w, padding)                                      # (B, R, d)
         sentence = self.condition(roles.flatten(1))                         # (B, d)
@@ -250,6 +253,8 @@ class TrackScorer(nn.Module):
                                                             tracks.geometry, tracks.visible))
         h = (self.appearance(raw) + self.trajectory(tracks.geometry, tracks.visible)
              + self.from_match(match))                                      # (B, N, d)
+        if evidence is not None:
+            h = h + evidence
         scale, shift = self.film(sentence)[:, None].chunk(2, -1)
         h = h * (1 + scale) + shift
         h = self.norm(h + self.cross(h, w, w, key_padding_mask=padding, need_weights=False)[0])
