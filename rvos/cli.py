@@ -106,12 +106,14 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from rvos.data.synthetic import SynthConfig, generate_benchmark
 
     cfg = SynthConfig(seed=args.seed)
-    if args.videos is not None:
+    if args.videos is not None and not args.few_shot:
         cfg = _scaled_synth_config(cfg, args.videos)
     if args.frames is not None:
         cfg.num_frames = args.frames
     if args.size is not None:
         cfg.height, cfg.width = args.size
+    if args.few_shot:
+        return _synth_few_shot(args, cfg)
     info = generate_benchmark(args.out, cfg, overwrite=args.overwrite, progress=not args.quiet,
                               workers=args.workers)
     print(f"{'split':<20}{'videos':>8}{'expressions':>13}  per type")
@@ -119,6 +121,29 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         per_type = ", ".join(f"{k} {v}" for k, v in counts["expressions_per_type"].items())
         print(f"{split:<20}{counts['videos']:>8}{counts['expressions']:>13}  {per_type}")
     print(f"synthetic benchmark written to {args.out}")
+    return 0
+
+
+def _synth_few_shot(args: argparse.Namespace, cfg) -> int:
+    """data synth --few-shot: the few-shot variant; prints its categories and folds."""
+    from rvos.data.synthetic import FEWSHOT_FOLDS, generate_fewshot_benchmark
+
+    kwargs = {} if args.videos is None else {"videos_per_category": args.videos}
+    info = generate_fewshot_benchmark(args.out, cfg, overwrite=args.overwrite,
+                                      progress=not args.quiet, workers=args.workers, **kwargs)
+    fold_of = {shape: g for g, group in enumerate(FEWSHOT_FOLDS, start=1) for shape in group}
+    print(f"{'category':<12}{'fold':>5}{'videos':>8}{'expressions':>13}  per type")
+    for category, counts in info["per_category"].items():
+        per_type = ", ".join(f"{k} {v}" for k, v in counts["expressions_per_type"].items())
+        print(f"{category:<12}{fold_of[category]:>5}{counts['videos']:>8}"
+              f"{counts['expressions']:>13}  {per_type}")
+    total = info["splits"]["train"]
+    per_type = ", ".join(f"{k} {v}" for k, v in total["expressions_per_type"].items())
+    print(f"{'all':<12}{'':>5}{total['videos']:>8}{total['expressions']:>13}  {per_type}")
+    print("folds (fold g: group g novel, the other groups base):")
+    for g, group in enumerate(FEWSHOT_FOLDS, start=1):
+        print(f"  fold {g}: novel {', '.join(group)}")
+    print(f"few-shot synthetic benchmark written to {args.out}")
     return 0
 
 
@@ -351,7 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = data_sub.add_parser("synth", parents=[common], help="generate the synthetic referring-video benchmark")
     synth.add_argument("--out", required=True, help="output folder (Ref-YouTube-VOS layout)")
-    synth.add_argument("--videos", type=_count, help="training videos (other splits scale with it)")
+    synth.add_argument("--videos", type=_count,
+                       help="training videos (other splits scale with it); with --few-shot: "
+                            "videos per category (default 40)")
+    synth.add_argument("--few-shot", action="store_true",
+                       help="the few-shot variant: the 8 shapes as categories in 4 folds, one "
+                            "train split (Mini-Ref-YouTube-VOS layout)")
     synth.add_argument("--seed", type=_non_negative, default=0)
     synth.add_argument("--frames", type=_count, help="frames per video")
     synth.add_argument("--size", type=_size, help="frame size HxW, e.g. 128x128")

@@ -30,6 +30,15 @@ SIZES: dict[str, tuple[int, int]] = {"small": (10, 14), "medium": (18, 22), "lar
 SPLITS = ("train", "valid", "test", "test_compositional")
 EXPRESSION_TYPES = ("attribute", "spatial", "relational", "motion", "temporal")
 
+# Few-shot folds (the CMA rule, ICCV 2023): the categories are the shapes, ids 1-based in
+# SHAPES order, and group g (1..4) holds every category k with (k - 1) % 4 == g - 1.
+NUM_FEWSHOT_FOLDS = 4
+FEWSHOT_FOLDS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(shape for k, shape in enumerate(SHAPES, start=1) if (k - 1) % NUM_FEWSHOT_FOLDS == g - 1)
+    for g in range(1, NUM_FEWSHOT_FOLDS + 1))
+# Random stream id of few-shot videos: distinct from every SPLITS.index value.
+FEWSHOT_STREAM = 100
+
 
 @dataclass
 class SynthConfig:
@@ -108,3 +117,21 @@ def heldout_color_shape_pairs(seed: int, count: int) -> list[tuple[str, str]]:
     colors = rng.permutation(len(COLORS))[:count]
     names = list(COLORS)
     return sorted((names[c], SHAPES[s]) for s, c in zip(shapes, colors))
+
+
+def fewshot_group(category: str) -> tuple[str, ...]:
+    """The fold group (of :data:`FEWSHOT_FOLDS`) that the shape ``category`` belongs to."""
+    for group in FEWSHOT_FOLDS:
+        if category in group:
+            return group
+    raise RVOSError(f"category={category!r}: not a shape of the synthetic benchmark "
+                    f"(one of {', '.join(SHAPES)})")
+
+
+def fewshot_fold_categories(fold: int) -> tuple[list[str], list[str]]:
+    """(base, novel) categories of few-shot fold ``fold`` (1..4): its own group is novel
+    (test), the other groups are base (training); both in SHAPES order."""
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= NUM_FEWSHOT_FOLDS:
+        raise RVOSError(f"fold={fold!r}: few-shot folds are 1..{NUM_FEWSHOT_FOLDS}")
+    novel = FEWSHOT_FOLDS[fold - 1]
+    return [s for s in SHAPES if s not in novel], [s for s in SHAPES if s in novel]
