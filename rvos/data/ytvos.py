@@ -395,7 +395,8 @@ class ReferringClipDataset(Dataset):
         if video not in self._ids_per_frame:
             per_frame = []
             for frame in rec.frames:
-                labels = read_label_png(self.layout.mask_path(video, frame))
+                # through the layout, so readers that remap ids (binarised masks) are honoured
+                labels = self.layout.load_label_maps(video, [frame])[0]
                 per_frame.append(frozenset(int(v) for v in np.unique(labels)) - {0})
             self._ids_per_frame[video] = per_frame
         wanted = set(obj_ids)
