@@ -485,3 +485,21 @@ def test_sailvos_missing_expressions_names_both_arrangements(tmp_path):
         MiniRefSAILVOS(tmp_path)
     message = _one_line(error)
     assert "meta_expressions.json" in message and "train/JPEGImages" in message
+
+
+def test_referring_samples_names_the_category_file_it_read(tmp_path):
+    # A fix in rvos.data.fewshot: the error named train/meta.json even when the categories
+    # came from train.json (or, on Mini-Ref-SAIL-VOS, from <root>/meta.json).
+    root = write_ytvos_arrangement(tmp_path / "ytvos", {"a": {1: "cat"}}, ("train.json",))
+    layout = MiniRefYouTubeVOS(root)
+    del layout.objects["a"][1]["category"]
+    with pytest.raises(RVOSError) as error:
+        referring_samples(layout)
+    assert str(root / "train" / "train.json") in _one_line(error)
+    # a plain layout without meta.json: the message says the file is missing
+    plain = write_ytvos_arrangement(tmp_path / "plain", {"a": {1: "cat"}})
+    (plain / "train" / "meta.json").unlink()
+    with pytest.raises(RVOSError) as error:
+        referring_samples(RefYTVOSLayout(plain, "train"))
+    message = _one_line(error)
+    assert str(plain / "train" / "meta.json") in message and "not found" in message

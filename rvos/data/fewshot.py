@@ -82,9 +82,10 @@ class Episode:
 
 def referring_samples(layout: RefYTVOSLayout) -> list[ReferringSample]:
     """Every annotated expression of ``layout`` with the category of its (first) object from
-    meta.json; RVOSError naming meta.json when an object has no category."""
+    the layout's object file (``layout.objects_path``: meta.json, or train.json in
+    Mini-Ref-YouTube-VOS); RVOSError naming that file when an object has no category."""
     out = []
-    meta = layout.split_dir / "meta.json"
+    meta = getattr(layout, "objects_path", layout.split_dir / "meta.json")
     for video, record in layout.videos.items():
         objects = layout.objects.get(video, {})
         for exp in record.expressions.values():
@@ -92,6 +93,9 @@ def referring_samples(layout: RefYTVOSLayout) -> list[ReferringSample]:
                 continue
             category = objects.get(exp.obj_ids[0], {}).get("category")
             if not isinstance(category, str) or not category:
+                if meta is None:
+                    raise RVOSError("not found; few-shot episodes group samples by the categories "
+                                    "of their objects", layout.split_dir / "meta.json")
                 raise RVOSError(f"video {video!r} object {exp.obj_ids[0]}: no category (few-shot "
                                 "episodes group samples by category)", meta)
             out.append(ReferringSample(video, exp.exp_id, exp.text, tuple(exp.obj_ids), category))
