@@ -268,6 +268,19 @@ def test_same_seed_same_episodes(ytvos):
     assert sampler.evaluation_episodes(seed=1) != sampler.evaluation_episodes(seed=2)
 
 
+def test_episodes_do_not_depend_on_the_order_samples_are_read_in(ytvos):
+    # A fix in rvos.data.fewshot: videos were sorted but the samples of a video kept their
+    # reading order, so the same seed gave other episodes from a reordered sample list.
+    samples = referring_samples(ytvos)
+    shuffled = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))]
+    ordered = EpisodeSampler(samples, ["cat", "dog"], shots=2)
+    reordered = EpisodeSampler(shuffled, ["cat", "dog"], shots=2)
+    assert ordered.evaluation_episodes(seed=1) == reordered.evaluation_episodes(seed=1)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    assert ([ordered.training_episode(rng_a) for _ in range(30)]
+            == [reordered.training_episode(rng_b) for _ in range(30)])
+
+
 def test_category_with_too_few_videos(ytvos):
     samples = referring_samples(ytvos)
     with pytest.raises(RVOSError) as error:

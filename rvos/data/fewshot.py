@@ -102,6 +102,14 @@ def referring_samples(layout: RefYTVOSLayout) -> list[ReferringSample]:
     return out
 
 
+def _expression_order(sample: ReferringSample) -> tuple:
+    """Samples of one video in expression-id order (numeric ids by value, as layouts list
+    them)."""
+    exp_id = sample.exp_id
+    id_key = (0, int(exp_id), "") if exp_id.isdigit() else (1, 0, exp_id)
+    return (id_key, sample.obj_ids, sample.text, sample.category)
+
+
 class EpisodeSampler:
     """Episodes of ``shots`` support samples over the given categories of ``samples``.
 
@@ -123,8 +131,10 @@ class EpisodeSampler:
             if n < shots + 1:
                 raise RVOSError(f"category {c!r} has {n} annotated video(s); a {shots}-shot "
                                 f"episode needs {shots + 1} (one query and {shots} supports)")
-        # videos in sorted order: episodes depend on the seed only, not on reading order
-        self.videos = {c: {v: by_category[c][v] for v in sorted(by_category[c])}
+        # videos sorted by name and their samples by expression id: episodes depend on the
+        # seed only, not on the order the samples were read in
+        self.videos = {c: {v: sorted(by_category[c][v], key=_expression_order)
+                           for v in sorted(by_category[c])}
                        for c in self.categories}
 
     def _support(self, category: str, exclude: str, rng: np.random.Generator) -> tuple[ReferringSample, ...]:
