@@ -110,8 +110,9 @@ def write_sailvos(root: Path, arrangement: str) -> Path:
             write_label_png(split / "Annotations" / video / f"{frame}.png", labels)
     _write_json(category_file, {"videos": {video: {"objects": {str(o): {"category": c}}}
                                            for video, (c, o, _) in SAILVOS_VIDEOS.items()}})
-    _write_json(expressions_file, {"videos": {video: {"frames": FRAMES, "expressions": _expressions({o: c})}
-                                              for video, (c, o, _) in SAILVOS_VIDEOS.items()}})
+    _write_json(expressions_file, {"videos": {
+        video: {"frames": FRAMES, "expressions": _expressions({o: c})}
+        for video, (c, o, _) in SAILVOS_VIDEOS.items()}})
     return root
 
 
@@ -177,7 +178,8 @@ def test_mini_ytvos_parses_videos_expressions_categories(tmp_path, category_file
 
 
 def test_meta_json_is_preferred_over_train_json(tmp_path):
-    root = write_ytvos_arrangement(tmp_path, {"a": {1: "cat"}, "b": {1: "cat"}}, ("meta.json", "train.json"))
+    root = write_ytvos_arrangement(tmp_path, {"a": {1: "cat"}, "b": {1: "cat"}},
+                                   ("meta.json", "train.json"))
     other = json.loads((root / "train" / "train.json").read_text())
     other["videos"]["a"]["objects"]["1"]["category"] = "dog"
     _write_json(root / "train" / "train.json", other)
@@ -192,7 +194,8 @@ def test_mini_ytvos_frames_and_label_maps(ytvos):
     assert labels.shape == (2, H, W) and labels.dtype == np.uint8
     assert set(np.unique(labels).tolist()) == {0, 1, 2}
     assert (labels[:, 4:20, 2:8] == 1).all() and (labels[:, 4:20, 10:16] == 2).all()
-    assert ytvos.frame_path("cat0", "00005") == ytvos.root / "train" / "JPEGImages" / "cat0" / "00005.jpg"
+    expected = ytvos.root / "train" / "JPEGImages" / "cat0" / "00005.jpg"
+    assert ytvos.frame_path("cat0", "00005") == expected
 
 
 def test_referring_samples_carry_categories(ytvos):
@@ -303,12 +306,14 @@ def test_sailvos_both_arrangements(sail_roots, arrangement):
         assert layout.frame_path("sail_dog0", "00000") == root / "Images" / "sail_dog0" / "00000.bmp"
         assert layout.mask_path("sail_dog0", "00000") == root / "Annotations" / "sail_dog0" / "00000.png"
     else:
-        assert layout.frame_path("sail_dog0", "00000") == root / "train" / "JPEGImages" / "sail_dog0" / "00000.jpg"
+        expected = root / "train" / "JPEGImages" / "sail_dog0" / "00000.jpg"
+        assert layout.frame_path("sail_dog0", "00000") == expected
     # every expression refers to the binarised object 1, whatever id the json gives
     for record in layout.videos.values():
         assert all(e.obj_ids == [1] for e in record.expressions.values())
     samples = referring_samples(layout)
-    assert {(s.video, s.category) for s in samples} == {(v, c) for v, (c, _, _) in SAILVOS_VIDEOS.items()}
+    expected = {(video, category) for video, (category, _, _) in SAILVOS_VIDEOS.items()}
+    assert {(s.video, s.category) for s in samples} == expected
     layout.verify()
 
     images, labels = layout.load_clip("sail_dog0", FRAMES)

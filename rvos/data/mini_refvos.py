@@ -25,6 +25,7 @@ object), so its label maps hold 0/1 and every expression refers to object 1.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -50,12 +51,33 @@ def _existing_root(root: str | Path, title: str) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class PoolFiles:
+    """Where a few-shot pool keeps its files."""
+
+    split_dir: Path                                 # holds Annotations/, the frames folder
+                                                    # and the object-category file
+    meta_expressions_candidates: tuple[Path, ...]   # the first that exists is read
+    frames_folder: str                              # "JPEGImages" or "Images"
+    frame_suffix: str                               # ".jpg" or ".bmp"
+
+    @staticmethod
+    def ytvos_arrangement(root: Path) -> "PoolFiles":
+        """The Mini-Ref-YouTube-VOS arrangement: train/ and meta_expressions/train/."""
+        return PoolFiles(split_dir=root / "train",
+                         meta_expressions_candidates=(
+                             root / "meta_expressions" / "train" / "meta_expressions.json",
+                             root / "train" / "meta_expressions.json"),
+                         frames_folder="JPEGImages", frame_suffix=".jpg")
+
+
 class FewShotLayout(RefYTVOSLayout):
     """An annotated pool in the Ref-YouTube-VOS layout whose referred objects all have one of
     ``categories``, split into ``folds`` (see :mod:`rvos.data.fewshot`).
 
     Attributes besides those of :class:`RefYTVOSLayout`: ``name`` (the dataset name of
-    :func:`open_fewshot_layout`), ``title`` (for messages), ``categories``, ``folds``.
+    :func:`open_fewshot_layout`), ``title`` (for messages), ``categories``, ``folds`` and
+    ``files`` (:class:`PoolFiles`).
 
     Checked on construction: every object an expression refers to is listed in the
     object-category file with a known category (objects no expression refers to are not
@@ -63,31 +85,30 @@ class FewShotLayout(RefYTVOSLayout):
     """
 
     def __init__(self, root: str | Path, *, name: str, title: str, categories: tuple[str, ...],
-                 folds: tuple[tuple[str, ...], ...], split_dir: Path,
-                 meta_expressions_candidates: list[Path], frames_folder: str, frame_suffix: str):
+                 folds: tuple[tuple[str, ...], ...], files: PoolFiles):
         # RefYTVOSLayout.__init__ is not called: it derives split_dir from (root, split) and
         # treats meta.json as optional, and neither holds here. The attributes it sets are
         # all set below.
         self.root = _existing_root(root, title)
         self.split = "train"
-        self.split_dir = split_dir
+        self.split_dir = files.split_dir
         self.name = name
         self.title = title
         self.categories: tuple[str, ...] = tuple(categories)
         self.folds: tuple[tuple[str, ...], ...] = tuple(tuple(group) for group in folds)
-        self.frames_folder = frames_folder
-        self.frame_suffix = frame_suffix
-        self.meta_expressions_path = next((p for p in meta_expressions_candidates if p.is_file()), None)
+        self.files = files
+        candidates = files.meta_expressions_candidates
+        self.meta_expressions_path = next((p for p in candidates if p.is_file()), None)
         if self.meta_expressions_path is None:
-            looked = " or ".join(str(p) for p in meta_expressions_candidates)
+            looked = " or ".join(str(p) for p in candidates)
             raise RVOSError(f"{title}: meta_expressions.json not found (looked for {looked})",
-                            meta_expressions_candidates[0])
+                            candidates[0])
         self.videos = parse_meta_expressions(self.meta_expressions_path)
         self.objects_path: Path | None = next(
-            (split_dir / n for n in CATEGORY_FILE_NAMES if (split_dir / n).is_file()), None)
+            (self.split_dir / n for n in CATEGORY_FILE_NAMES if (self.split_dir / n).is_file()), None)
         if self.objects_path is None:
             raise RVOSError(f"{title}: no object-category file (looked for "
-                            f"{' and '.join(CATEGORY_FILE_NAMES)} in this folder)", split_dir)
+                            f"{' and '.join(CATEGORY_FILE_NAMES)} in this folder)", self.split_dir)
         self.objects = parse_objects_json(self.objects_path)
         self._check_categories()
 
@@ -101,7 +122,8 @@ class FewShotLayout(RefYTVOSLayout):
                     where = f"video {video!r} object {obj_id}"
                     if obj_id not in objects:
                         raise RVOSError(f"{where} (referred to by expression {exp.exp_id!r} of "
-                                        f"{self.meta_expressions_path.name}) is not listed", self.objects_path)
+                                        f"{self.meta_expressions_path.name}) is not listed",
+                                        self.objects_path)
                     category = objects[obj_id].get("category")
                     if not isinstance(category, str) or not category:
                         raise RVOSError(f'{where}: no "category"', self.objects_path)
@@ -121,16 +143,10 @@ class FewShotLayout(RefYTVOSLayout):
         return True
 
     def frame_path(self, video: str, frame: str) -> Path:
-        return safe_join(self.split_dir / self.frames_folder, video, f"{frame}{self.frame_suffix}",
+        """``<split_dir>/<frames folder>/<video>/<frame><suffix>`` (.jpg, or .bmp under Images/)."""
+        return safe_join(self.split_dir / self.files.frames_folder, video,
+                         f"{frame}{self.files.frame_suffix}",
                          what="video id or frame name", source=self.meta_expressions_path)
-
-
-def _ytvos_layout_kwargs(root: Path) -> dict:
-    """Where the Mini-Ref-YouTube-VOS arrangement keeps its files."""
-    return {"split_dir": root / "train",
-            "meta_expressions_candidates": [root / "meta_expressions" / "train" / "meta_expressions.json",
-                                            root / "train" / "meta_expressions.json"],
-            "frames_folder": "JPEGImages", "frame_suffix": ".jpg"}
 
 
 class MiniRefYouTubeVOS(FewShotLayout):
@@ -141,7 +157,7 @@ class MiniRefYouTubeVOS(FewShotLayout):
         root = _existing_root(root, "Mini-Ref-YouTube-VOS")
         super().__init__(root, name="mini-ytvos", title="Mini-Ref-YouTube-VOS",
                          categories=tuple(c for group in MINI_YTVOS_FOLDS for c in group),
-                         folds=MINI_YTVOS_FOLDS, **_ytvos_layout_kwargs(root))
+                         folds=MINI_YTVOS_FOLDS, files=PoolFiles.ytvos_arrangement(root))
 
 
 class MiniRefSAILVOS(FewShotLayout):
@@ -163,16 +179,17 @@ class MiniRefSAILVOS(FewShotLayout):
         self.arrangement: Literal["readme", "code"] = (
             "readme" if (root / "train" / "JPEGImages").is_dir() else "code")
         if self.arrangement == "readme":
-            where = _ytvos_layout_kwargs(root)
+            files = PoolFiles.ytvos_arrangement(root)
         else:
             if not (root / "meta_expressions.json").is_file():
                 raise RVOSError(f"{title}: meta_expressions.json not found (looked for it here, "
                                 "as the official code reads it, and for train/JPEGImages, the "
                                 "README arrangement)", root)
-            where = {"split_dir": root, "meta_expressions_candidates": [root / "meta_expressions.json"],
-                     "frames_folder": "Images", "frame_suffix": ".bmp"}
+            files = PoolFiles(split_dir=root,
+                              meta_expressions_candidates=(root / "meta_expressions.json",),
+                              frames_folder="Images", frame_suffix=".bmp")
         super().__init__(root, name="mini-sailvos", title=title, categories=MINI_SAILVOS_CATEGORIES,
-                         folds=(MINI_SAILVOS_CATEGORIES,), **where)
+                         folds=(MINI_SAILVOS_CATEGORIES,), files=files)
         self._refer_to_binarised_object()
 
     def _refer_to_binarised_object(self) -> None:
@@ -250,7 +267,7 @@ class FewShotSynthLayout(FewShotLayout):
         root = _existing_root(root, title)
         categories, folds = read_synth_fewshot_info(root / SYNTH_INFO_FILE)
         super().__init__(root, name="synth", title=title, categories=categories, folds=folds,
-                         **_ytvos_layout_kwargs(root))
+                         files=PoolFiles.ytvos_arrangement(root))
 
 
 FEWSHOT_DATASETS: dict[str, type[FewShotLayout]] = {
