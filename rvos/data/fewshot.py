@@ -82,9 +82,10 @@ class Episode:
 
 def referring_samples(layout: RefYTVOSLayout) -> list[ReferringSample]:
     """Every annotated expression of ``layout`` with the category of its (first) object from
-    meta.json; RVOSError naming meta.json when an object has no category."""
+    the layout's object file (``layout.objects_path``: meta.json, or train.json in
+    Mini-Ref-YouTube-VOS); RVOSError naming that file when an object has no category."""
     out = []
-    meta = layout.split_dir / "meta.json"
+    meta = getattr(layout, "objects_path", layout.split_dir / "meta.json")
     for video, record in layout.videos.items():
         objects = layout.objects.get(video, {})
         for exp in record.expressions.values():
@@ -92,10 +93,21 @@ def referring_samples(layout: RefYTVOSLayout) -> list[ReferringSample]:
                 continue
             category = objects.get(exp.obj_ids[0], {}).get("category")
             if not isinstance(category, str) or not category:
+                if meta is None:
+                    raise RVOSError("not found; few-shot episodes group samples by the categories "
+                                    "of their objects", layout.split_dir / "meta.json")
                 raise RVOSError(f"video {video!r} object {exp.obj_ids[0]}: no category (few-shot "
                                 "episodes group samples by category)", meta)
             out.append(ReferringSample(video, exp.exp_id, exp.text, tuple(exp.obj_ids), category))
     return out
+
+
+def _expression_order(sample: ReferringSample) -> tuple:
+    """Samples of one video in expression-id order (numeric ids by value, as layouts list
+    them)."""
+    exp_id = sample.exp_id
+    id_key = (0, int(exp_id), "") if exp_id.isdigit() else (1, 0, exp_id)
+    return (id_key, sample.obj_ids, sample.text, sample.category)
 
 
 class EpisodeSampler:
@@ -119,8 +131,10 @@ class EpisodeSampler:
             if n < shots + 1:
                 raise RVOSError(f"category {c!r} has {n} annotated video(s); a {shots}-shot "
                                 f"episode needs {shots + 1} (one query and {shots} supports)")
-        # videos in sorted order: episodes depend on the seed only, not on reading order
-        self.videos = {c: {v: by_category[c][v] for v in sorted(by_category[c])}
+        # videos sorted by name and their samples by expression id: episodes depend on the
+        # seed only, not on the order the samples were read in
+        self.videos = {c: {v: sorted(by_category[c][v], key=_expression_order)
+                           for v in sorted(by_category[c])}
                        for c in self.categories}
 
     def _support(self, category: str, exclude: str, rng: np.random.Generator) -> tuple[ReferringSample, ...]:

@@ -123,6 +123,31 @@ def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
     return videos
 
 
+def parse_objects_json(path: str | Path) -> dict[str, dict[int, dict]]:
+    """Read a meta.json of objects: ``{"videos": {vid: {"objects": {obj_id: {"category": ...,
+    "frames": [...]}}}}}`` -> {video: {obj_id: object entry}}; entries that are not objects
+    are skipped."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RVOSError(f"invalid JSON ({e})", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RVOSError(f"cannot read ({type(e).__name__}: {e})", path) from None
+    if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
+        raise RVOSError('expected an object with a "videos" mapping at the top level', path)
+    objects: dict[str, dict[int, dict]] = {}
+    for video, entry in data["videos"].items():
+        objs = entry.get("objects", {}) if isinstance(entry, dict) else None
+        if not isinstance(objs, dict):
+            raise RVOSError(f'video {video!r}: "objects" must be a mapping', path)
+        try:
+            objects[video] = {int(k): v for k, v in objs.items() if isinstance(v, dict)}
+        except ValueError:
+            raise RVOSError(f"video {video!r}: object ids must be integers", path) from None
+    return objects
+
+
 class RefYTVOSLayout:
     """Reader of one split of a dataset in the Ref-YouTube-VOS layout.
 
@@ -141,29 +166,16 @@ class RefYTVOSLayout:
             raise RVOSError(f"meta_expressions.json not found for split {split!r} "
                             f"(also looked for {candidates[1]})", candidates[0])
         self.videos: dict[str, VideoRecord] = parse_meta_expressions(self.meta_expressions_path)
+        meta_json = self.split_dir / "meta.json"
+        # the file the objects (and their categories) came from; None when there is none
+        self.objects_path: Path | None = meta_json if meta_json.is_file() else None
         self.objects = self._read_meta_json()
 
     def _read_meta_json(self) -> dict[str, dict[int, dict]]:
         """meta.json, when present: {video: {obj_id: {"category": ..., "frames": [...]}}}."""
-        path = self.split_dir / "meta.json"
-        if not path.is_file():
+        if self.objects_path is None:
             return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
-            raise RVOSError(f"cannot read meta.json ({type(e).__name__}: {e})", path) from None
-        if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
-            raise RVOSError('expected an object with a "videos" mapping at the top level', path)
-        objects: dict[str, dict[int, dict]] = {}
-        for video, entry in data["videos"].items():
-            objs = entry.get("objects", {}) if isinstance(entry, dict) else None
-            if not isinstance(objs, dict):
-                raise RVOSError(f'video {video!r}: "objects" must be a mapping', path)
-            try:
-                objects[video] = {int(k): v for k, v in objs.items() if isinstance(v, dict)}
-            except ValueError:
-                raise RVOSError(f"video {video!r}: object ids must be integers", path) from None
-        return objects
+        return parse_objects_json(self.objects_path)
 
     def __repr__(self) -> str:
         n_exp = sum(len(v.expressions) for v in self.videos.values())
@@ -383,7 +395,8 @@ class ReferringClipDataset(Dataset):
         if video not in self._ids_per_frame:
             per_frame = []
             for frame in rec.frames:
-                labels = read_label_png(self.layout.mask_path(video, frame))
+                # through the layout, so readers that remap ids (binarised masks) are honoured
+                labels = self.layout.load_label_maps(video, [frame])[0]
                 per_frame.append(frozenset(int(v) for v in np.unique(labels)) - {0})
             self._ids_per_frame[video] = per_frame
         wanted = set(obj_ids)
