@@ -664,7 +664,8 @@ def run_baseline_benchmarks(args) -> None:
     overwrite = bool(getattr(args, "overwrite", False))
     names = (["baseline_speed.json"] if "speed" in args.what else []) + (
         ["quality", "quality.json", "quality.png"] if "quality" in args.what else []) + (
-        ["query_speed.json"] if "query_speed" in args.what else [])
+        ["query_speed.json"] if "query_speed" in args.what else []) + (
+        ["fewshot", "fewshot.json"] if "fewshot" in args.what else [])
     out = results_folder(Path(args.out), names, overwrite, "bench")
     if "speed" in args.what:
         result = speed_benchmark(args.device)
@@ -683,7 +684,7 @@ def run_baseline_benchmarks(args) -> None:
         print(f"wrote {result['json']}")
     if "quality" in args.what:
         configs = [Path(c) for c in args.config] if args.config else None
-        result = quality_benchmark(out, args.budget_s, configs, progress=not args.quiet,
+        result = quality_benchmark(out, args.budget_s or QUALITY_BUDGET_S, configs, progress=not args.quiet,
                                    seeds=args.seeds, device=args.device, error=args.error_bars,
                                    overwrite=overwrite, train_videos=args.train_videos,
                                    eval_samples=args.eval_samples)
@@ -691,3 +692,17 @@ def run_baseline_benchmarks(args) -> None:
         print(format_quality_aggregate(result["aggregate"]))
         print(f"training budget {result['budget_s']:.0f} s per run; total {result['total_s'] / 60:.1f} min")
         print(f"wrote {result['json']} and {result['png']}")
+    if "fewshot" in args.what:
+        from rvos.bench_fewshot import (FEWSHOT_BUDGET_S, FEWSHOT_VIDEOS_PER_CATEGORY,
+                                        fewshot_benchmark, format_fewshot_aggregate)
+
+        configs = [Path(c) for c in (args.config or ["configs/fewshot_baseline_synth.yaml",
+                                                     "configs/cma_synth.yaml"])]
+        result = fewshot_benchmark(out, configs, args.folds, args.seeds, args.shots,
+                                   args.budget_s or FEWSHOT_BUDGET_S,
+                                   args.train_videos or FEWSHOT_VIDEOS_PER_CATEGORY, args.device,
+                                   progress=not args.quiet, overwrite=overwrite)
+        print()
+        print(format_fewshot_aggregate(result["aggregate"], configs[0].stem))
+        print(f"training budget {result['budget_s']:.0f} s per run; total {result['total_s'] / 60:.1f} min")
+        print(f"wrote {result['json']}")

@@ -463,10 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "per --seeds training seed for --budget-s seconds on one shared synthetic "
                     "benchmark, scored on test and test_compositional; J&F and object accuracy "
                     "per expression type as mean ± std (min..max) over the seeds -> "
-                    "<out>/quality.json, <out>/quality.png, runs in <out>/quality/<config>/seed<k>/.",
+                    "<out>/quality.json, <out>/quality.png, runs in <out>/quality/<config>/seed<k>/. "
+                    "fewshot: every --config (default: the few-shot baseline, then CMA) trained "
+                    "on each --folds fold's base categories of the few-shot synthetic split "
+                    "per --seeds seed, scored on the fold's novel categories at each --shots; "
+                    "per-fold and mean J&F with each config's margin over the first -> "
+                    "<out>/fewshot.json, runs in <out>/fewshot/<config>/fold<f>/seed<k>/.",
         epilog="example: rvos bench --what quality --config configs/baseline_synth.yaml "
                "configs/query_synth_mobilenetv2.yaml --seeds 0 1 --budget-s 600")
-    be.add_argument("--what", nargs="+", default=["speed"], choices=["speed", "quality", "query_speed"],
+    be.add_argument("--what", nargs="+", default=["speed"],
+                    choices=["speed", "quality", "query_speed", "fewshot"],
                     help="which benchmarks to run (default: speed); query_speed: inference "
                          "frames/s and peak memory of query-family configs (random weights) "
                          "-> <out>/query_speed.json")
@@ -489,11 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="query_speed: input size (default: 360x640)")
     be.add_argument("--seeds", nargs="+", type=_non_negative, default=[0, 1], metavar="K",
                     help="quality: training seeds, one run per config and seed (default: 0 1)")
-    be.add_argument("--budget-s", type=_seconds, default=600.0,
-                    help="quality: training time budget per run in seconds (default: 600)")
+    be.add_argument("--budget-s", type=_seconds,
+                    help="quality, fewshot: training time budget per run in seconds (default: "
+                         "600 for quality, 240 for fewshot)")
     be.add_argument("--train-videos", type=_non_negative, default=0, metavar="N",
                     help="quality: training videos of the synthetic benchmark (default 0: the "
-                         "demo's 1000); for quick comparisons")
+                         "demo's 1000); for quick comparisons. fewshot: videos per category "
+                         "(default 0: 40)")
+    be.add_argument("--folds", nargs="+", type=_count, default=[1, 2, 3, 4], metavar="F",
+                    help="fewshot: folds, each trained on its base categories (default: 1 2 3 4)")
+    be.add_argument("--shots", nargs="+", type=_count, default=[1, 5], metavar="K",
+                    help="fewshot: support samples per evaluation episode (default: 1 5)")
     be.add_argument("--eval-samples", type=_non_negative, default=0, metavar="N",
                     help="quality: score only the first N expressions of each test split "
                          "(default 0: all); for slow models")

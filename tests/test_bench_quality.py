@@ -131,7 +131,7 @@ def test_plot_refuses_unknown_error_bars(runs, tmp_path):
 
 def test_bench_command_line_defaults_and_seeds():
     args = build_parser().parse_args(["bench", "--what", "quality"])
-    assert args.seeds == [0, 1] and args.budget_s == 600.0 and args.error_bars == "minmax"
+    assert args.seeds == [0, 1] and args.budget_s is None and args.error_bars == "minmax"
     args = build_parser().parse_args(["bench", "--what", "quality", "--config", "a.yaml", "b.yaml",
                                       "--seeds", "3", "4", "5", "--budget-s", "60"])
     assert args.config == ["a.yaml", "b.yaml"] and args.seeds == [3, 4, 5] and args.budget_s == 60.0
