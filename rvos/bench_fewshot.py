@@ -147,7 +147,7 @@ def _runs(root: Path, json_path: Path, configs: list[Path], folds: list[int], se
           progress: bool, output, machine: dict) -> dict:
     from rvos.config import load_config
     from rvos.data.synthetic import SynthConfig, generate_fewshot_benchmark
-    from rvos.engine.fewshot_evaluator import evaluate_fold
+    from rvos.engine.fewshot_evaluator import VideoMemo, evaluate_fold
     from rvos.engine.fewshot_trainer import FewShotTrainer
     from rvos.outputs_dir import write_file_atomic
 
@@ -177,14 +177,22 @@ def _runs(root: Path, json_path: Path, configs: list[Path], folds: list[int], se
                 state = trainer.fit()
                 train_s = time.monotonic() - t
                 t = time.monotonic()
-                results = [evaluate_fold(trainer.model, trainer.layout, fold, k,
+                memo = VideoMemo(trainer.model.eval(), trainer.layout, cfg.data.input_size,
+                                 trainer.device)
+
+                def evaluate(k: int, support: str = "same") -> dict:
+                    return evaluate_fold(trainer.model, trainer.layout, fold, k,
                                          cfg.data.fewshot.eval_draws, cfg.data.fewshot.eval_seed,
-                                         cfg.data.input_size, trainer.device, progress)
-                           for k in shots]
+                                         cfg.data.input_size, trainer.device, progress, support, memo)
+
+                results = [evaluate(k) for k in shots]
+                # does the model read its support? the most shots with another category's
+                other = evaluate(max(shots), "other") if trainer.model.affinity is not None else None
                 run = {"config": config.stem, "config_path": str(config), "fold": fold,
                        "seed": seed, "train_s": train_s, "eval_s": time.monotonic() - t,
                        "steps": state.global_step, "presentations": state.presentations,
-                       "timings": state.timings, "results": results}
+                       "timings": state.timings, "results": results,
+                       "other_category_support": other}
                 write_file_atomic(run_dir / "summary.json", json.dumps(run, indent=1))
                 result["runs"].append(run)
                 result["aggregate"] = aggregate_fewshot(result["runs"])

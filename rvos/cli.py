@@ -276,7 +276,7 @@ def _evaluate_fewshot(args: argparse.Namespace, out: Path, overwrite: bool) -> i
 
     from rvos.data.mini_refvos import open_fewshot_layout
     from rvos.engine.checkpoint import load_checkpoint
-    from rvos.engine.fewshot_evaluator import evaluate_fold, format_fewshot_table
+    from rvos.engine.fewshot_evaluator import VideoMemo, evaluate_fold, format_fewshot_table
     from rvos.inference import Predictor
     from rvos.outputs_dir import staged_output, write_file_atomic
 
@@ -290,9 +290,12 @@ def _evaluate_fewshot(args: argparse.Namespace, out: Path, overwrite: bool) -> i
     layout = open_fewshot_layout(dataset, args.data or cfg.data.root)
     with staged_output(out, overwrite, "evaluate") as stage:
         model = Predictor.from_checkpoint(args.checkpoint, args.device).model
+        device = next(model.parameters()).device
+        memo = VideoMemo(model, layout, cfg.data.input_size, device)   # shared by the shot counts
         results = [evaluate_fold(model, layout, fold, shots, args.draws or f.eval_draws,
-                                 f.eval_seed, cfg.data.input_size, next(model.parameters()).device,
-                                 progress=not args.quiet) for shots in shots_list]
+                                 f.eval_seed, cfg.data.input_size, device,
+                                 progress=not args.quiet, support=args.support, memo=memo)
+                   for shots in shots_list]
         table = format_fewshot_table(results)
         write_file_atomic(stage / "metrics.json",
                           json.dumps({"dataset": dataset, "checkpoint": str(args.checkpoint),
@@ -429,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "data.fewshot.shots); several values score each")
     ev.add_argument("--draws", type=_count,
                     help="few-shot checkpoints: support sets drawn per novel category")
+    ev.add_argument("--support", choices=("same", "other", "none"), default="same",
+                    help="few-shot checkpoints: the episodes' support (same: the task; for "
+                         "diagnostics, other: the next novel category's, none: withheld)")
     ev.add_argument("--fewshot-dataset", choices=("synth", "mini-ytvos", "mini-sailvos"),
                     help="few-shot checkpoints: score on another few-shot dataset (with --data)")
     try:

@@ -347,6 +347,7 @@ RULES: dict[str, Rule] = {
     "model.fewshot.heads": COUNT,
     "model.fewshot.dropout": reals(0, 1, hi_open=True),
     "train.fewshot.min_shots": COUNT,
+    "train.fewshot.category_word_dropout": RATE,
     "eval.window": COUNT,
     "eval.threshold": SHARE,
 }

@@ -168,3 +168,13 @@ def test_the_model_runs_on_frames_with_a_support_from_frames(models):
     maps = model.features(torch.randn(1, 3, 32, 32))
     tokens = track_set(maps, torch.randn(1, 3, 32, 32), masks[:1, :1]).appearance
     assert tokens.shape[-1] == support.appearance.shape[-1]
+
+
+def test_mask_category_hides_the_category_name_only():
+    from rvos.data.fewshot import mask_category
+
+    assert mask_category("the red Hexagon left of the hexagons", "hexagon") == \
+        "the red object left of the objects"
+    assert mask_category("an earless  seal swimming", "earless_seal") == "an object swimming"
+    assert mask_category("the cat near the category sign", "cat") == "the object near the category sign"
+    assert mask_category("the dog", "cat") == "the dog"

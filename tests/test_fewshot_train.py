@@ -100,3 +100,17 @@ def test_bad_few_shot_settings_stop_with_one_line(synth, tmp_path, capsys, overr
                  "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_diagnostic_supports_score_the_same_queries(run, synth, tmp_path):
+    """--support other gives each category the next category's support; none withholds it:
+    the same queries are scored either way."""
+    counts = {}
+    for support in ("same", "other", "none"):
+        out = tmp_path / support
+        assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last"), "--shots", "2",
+                     "--support", support, "--out", str(out), "--quiet"]) == 0
+        result = json.loads((out / "metrics.json").read_text())["results"][0]
+        assert result["support"] == support
+        counts[support] = result["overall"]["queries"]
+    assert len(set(counts.values())) == 1

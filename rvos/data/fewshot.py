@@ -16,6 +16,7 @@ official test fixes one support per class), so a draw is a complete pass over th
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -59,6 +60,17 @@ def fold_split(folds: tuple[tuple[str, ...], ...], fold: int) -> tuple[list[str]
     novel = list(folds[fold - 1])
     base = [c for g, group in enumerate(folds) if g != fold - 1 for c in group]
     return base, novel
+
+
+def mask_category(text: str, category: str, generic: str = "object") -> str:
+    """``text`` with the category's name (whole words, a plural "s" included, any case;
+    underscores in the name read as spaces) replaced by ``generic``: "the red hexagon on the
+    left" -> "the red object on the left". Episodic training uses it so that a query's
+    category must come from the support, as a novel category's (unseen) name must at test."""
+    name = r"\s+".join(map(re.escape, category.replace("_", " ").split()))
+    if not name:
+        return text
+    return re.sub(rf"\b{name}(s?)\b", lambda m: generic + m.group(1), text, flags=re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -67,18 +67,22 @@ def summarize(rows: list[QueryScore]) -> dict:
             "queries": len(rows), "frames": frames}
 
 
-class _Videos:
+class VideoMemo:
     """Per video of the layout, at the model's input size: normalised frames (T, 3, h, w),
-    object-id labels (T, h, w) uint8 and the frozen maps, computed once and kept for the
-    category being evaluated."""
+    object-id labels (T, h, w) uint8 and the frozen maps, and the model's own tracks,
+    computed once; one memo serves several evaluations of the same model (shot counts)."""
 
     def __init__(self, model: FewShotGroundingModel, layout, input_size: tuple[int, int],
-                 device: torch.device):
+                 device: torch.device, max_videos: int = 256):
         self.model, self.layout, self.size, self.device = model, layout, input_size, device
+        self.max_videos = max_videos
         self.kept: dict[str, tuple] = {}
+        self.kept_tracks: dict[str, TrackSet] = {}
 
     def __call__(self, video: str) -> tuple:
         if video not in self.kept:
+            if len(self.kept) >= self.max_videos:       # bounded memory over long folds
+                self.clear()
             frames, labels = self.layout.load_clip(video, self.layout.videos[video].frames)
             resized = resize_frames(frames, self.size)
             rgb = normalize(resized.float().div_(255.0)).to(self.device)
@@ -86,46 +90,57 @@ class _Videos:
             self.kept[video] = (rgb, small, self.model.features(rgb))
         return self.kept[video]
 
+    def tracks(self, video: str) -> TrackSet:
+        """The model's tracks of ``video`` (its segmenter, then linking)."""
+        if video not in self.kept_tracks:
+            rgb, _, maps = self(video)
+            self.kept_tracks[video] = self.model.find_tracks(maps, rgb, self.model.segmenter(maps, rgb))
+        return self.kept_tracks[video]
+
     def clear(self) -> None:
         self.kept.clear()
+        self.kept_tracks.clear()
 
 
 @torch.no_grad()
 def evaluate_fold(model: FewShotGroundingModel, layout, fold: int, shots: int, draws: int = 1,
                   seed: int = 0, input_size: tuple[int, int] = (128, 128),
                   device: torch.device | str = "cpu", progress: bool = True,
-                  use_support: bool = True) -> dict:
+                  support: str = "same", memo: VideoMemo | None = None) -> dict:
     """Score ``model`` on fold ``fold``'s novel categories of ``layout`` with ``shots``-shot
-    episodes, ``draws`` support sets per category -> {"fold", "shots", "draws", "overall",
-    "by_category", "by_type"} (each a :func:`summarize`). ``use_support=False`` scores the
-    same episodes with the support withheld."""
+    episodes, ``draws`` support sets per category -> {"fold", "shots", "draws", "support",
+    "overall", "by_category", "by_type"} (each a :func:`summarize`).
+
+    ``support``: "same" (the task), or for diagnostics "none" (withheld) or "other" (each
+    category's queries get the support set of the fold's next novel category: a model that
+    reads its support must lose accuracy). ``memo``: a :class:`VideoMemo` of this model
+    and layout kept from an earlier call."""
+    if support not in ("same", "none", "other"):
+        raise ValueError(f"support must be same, none or other, got {support!r}")
     device = torch.device(device)
     model = model.to(device).eval()
     _, novel = fold_split(layout.folds, fold)
     samples = referring_samples(layout)
     sampler = EpisodeSampler(samples, [c for c in novel if any(s.category == c for s in samples)], shots)
-    videos = _Videos(model, layout, tuple(input_size), device)
+    videos = memo or VideoMemo(model, layout, tuple(input_size), device)
     rows: list[QueryScore] = []
-    episodes = [e for d in range(draws) for e in sampler.evaluation_episodes(seed, d)]
+    episodes = []
+    for d in range(draws):
+        draw = sampler.evaluation_episodes(seed, d)
+        episodes += _swap_supports(draw, sampler.categories) if support == "other" else draw
     bar = tqdm(total=len(episodes), desc=f"fold {fold} {shots}-shot", unit="query", disable=not progress)
-    tracks: dict[str, TrackSet] = {}
-    for support, group in _by_support(episodes):
+    for support_set, group in _by_support(episodes):
         sup = None
-        if use_support:
+        if support != "none":
             objects = []
-            for s in support:
+            for s in support_set:
                 rgb, labels, maps = videos(s.video)
                 mask = torch.from_numpy(np.isin(labels, s.obj_ids)).to(device)
                 objects.append(track_set(maps, rgb, mask[None]).without_masks())
-            sup = model.support_batch([objects], [[s.text for s in support]], device)
+            sup = model.support_batch([objects], [[s.text for s in support_set]], device)
         for i in range(0, len(group), EPISODES_PER_BATCH):
             chunk = group[i:i + EPISODES_PER_BATCH]
-            sets = []
-            for e in chunk:
-                if e.query.video not in tracks:
-                    rgb, _, maps = videos(e.query.video)
-                    tracks[e.query.video] = model.find_tracks(maps, rgb, model.segmenter(maps, rgb))
-                sets.append(tracks[e.query.video])
+            sets = [videos.tracks(e.query.video) for e in chunk]
             words, padding = model.encode_text([e.query.text for e in chunk], device)
             batch = pad_tracks(sets)
             logits = model.score(batch, words, padding,
@@ -134,17 +149,27 @@ def evaluate_fold(model: FewShotGroundingModel, layout, fold: int, shots: int, d
             for e, s, pick in zip(chunk, sets, picks):
                 rows.append(_score(e, s, pick, videos(e.query.video)[1], layout))
             bar.update(len(chunk))
-        if len(tracks) > 256:       # bounded memory over long folds
-            tracks.clear()
-            videos.clear()
     bar.close()
     by_category, by_type = defaultdict(list), defaultdict(list)
     for r in rows:
         by_category[r.category].append(r)
         by_type[r.exp_type or "all"].append(r)
-    return {"fold": fold, "shots": shots, "draws": draws, "overall": summarize(rows),
+    return {"fold": fold, "shots": shots, "draws": draws, "support": support,
+            "overall": summarize(rows),
             "by_category": {k: summarize(v) for k, v in sorted(by_category.items())},
             "by_type": {k: summarize(v) for k, v in sorted(by_type.items())}}
+
+
+def _swap_supports(episodes: list[Episode], categories: list[str]) -> list[Episode]:
+    """One draw's episodes, each with the support set the draw gave the next category in
+    ``categories``."""
+    if len(categories) < 2:
+        raise ValueError("support='other' needs two novel categories")
+    supports: dict[str, tuple] = {}
+    for e in episodes:
+        supports.setdefault(e.query.category, e.support)
+    nxt = {c: categories[(i + 1) % len(categories)] for i, c in enumerate(categories)}
+    return [Episode(e.query, supports[nxt[e.query.category]]) for e in episodes]
 
 
 def _by_support(episodes: list[Episode]) -> list[tuple[tuple, list[Episode]]]:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rvos.data.fewshot import EpisodeSampler, ReferringSample, fold_split, referring_samples
+from rvos.data.fewshot import (EpisodeSampler, ReferringSample, fold_split, mask_category,
+                               referring_samples)
 from rvos.data.mini_refvos import open_fewshot_layout
 from rvos.data.transforms import swap_left_right
 from rvos.engine.grounding_trainer import GroundingTrainer, MetricsLogger
@@ -90,7 +91,9 @@ class FewShotTrainer(GroundingTrainer):
         self.state.timings["track_bank_s"] = time.monotonic() - t
         referred = {s: self._referred(s, banks[False]) for s in self.samples}
         objects = {s: one_track(banks[False][s.video][0], referred[s][0]) for s in self.samples}
-        texts = {s.text for s in self.samples}
+        dropout = self.cfg.train.fewshot.category_word_dropout
+        masked = {s: mask_category(s.text, s.category) for s in self.samples}
+        texts = {s.text for s in self.samples} | (set(masked.values()) if dropout > 0 else set())
         self.encode_sentences(texts | ({swap_left_right(x) for x in texts} if g.flip else set()))
         budget_s = max(1.0, budget_s - (time.monotonic() - t)) if budget_s > 0 else 0.0
         module.train()
@@ -101,10 +104,12 @@ class FewShotTrainer(GroundingTrainer):
             k = int(rng.integers(min_shots, shots + 1))
             episodes = [self.sampler.training_episode(rng) for _ in range(batch_size)]
             flips = rng.random(batch_size) < 0.5 if g.flip else np.zeros(batch_size, bool)
+            hide = rng.random(batch_size) < dropout
             sets, query_texts = [], []
-            for e, f in zip(episodes, flips):
+            for e, f, h in zip(episodes, flips, hide):
                 sets.append(banks[bool(f)][e.query.video][0])
-                query_texts.append(swap_left_right(e.query.text) if f else e.query.text)
+                text = masked[e.query] if h else e.query.text
+                query_texts.append(swap_left_right(text) if f else text)
             batch = pad_tracks(sets)
             target = torch.zeros_like(batch.valid)
             for b, e in enumerate(episodes):

@@ -33,7 +33,7 @@ TEMPORAL_CONTRASTS = {
     "leaves": ("leaves", ("static", "linear")),
 }
 # Few-shot: share of videos whose first single object after others is a colour decoy.
-COLOUR_DECOY_SHARE = 0.5
+COLOUR_DECOY_SHARE = 1.0
 MAX_ATTEMPTS = 12          # scenes tried per video to cover the wanted expression types
 HARD_LIMIT = 200           # scenes tried before giving up on finding any expression
 

@@ -39,3 +39,7 @@ class FewShotTrainConfig:
     segmenter stage and the step/lr/batch settings are ``train.grounding``'s."""
 
     min_shots: int = 1                # each step draws K in [min_shots, data.fewshot.shots]
+    # share of training queries whose category name is replaced by "object"
+    # (rvos.data.fewshot.mask_category): the category must then come from the support, as a
+    # novel category's unseen name must at evaluation
+    category_word_dropout: float = 0.0
