@@ -19,7 +19,6 @@ import numpy as np
 
 from rvos.errors import RVOSError
 
-FEWSHOT_BUDGET_S = 240.0
 FEWSHOT_VIDEOS_PER_CATEGORY = 40
 METRICS = ("JF", "J", "F", "object_accuracy")
 
@@ -101,13 +100,15 @@ def format_fewshot_aggregate(aggregate: dict, reference: str | None = None) -> s
 
 
 def fewshot_benchmark(out: Path, configs: list[Path], folds: list[int], seeds: list[int],
-                      shots: list[int], budget_s: float = FEWSHOT_BUDGET_S,
+                      shots: list[int], budget_s: float | None = None,
                       videos_per_category: int = FEWSHOT_VIDEOS_PER_CATEGORY,
                       device: str = "auto", progress: bool = False, overwrite: bool = False) -> dict:
-    """Train every config on every fold with every seed (``train.time_budget_s=budget_s``)
-    and score it at every shot count; returns (and writes to ``<out>/fewshot.json``) budget_s,
-    folds, seeds, shots, configs, data, machine, runs, aggregate (:func:`aggregate_fewshot`),
-    margins over the first config, total_s, complete."""
+    """Train every config on every fold with every seed (within the configs' own step
+    counts, or ``train.time_budget_s=budget_s`` when given: the step-bounded default keeps a
+    fold's runs on bit-identical segmenters) and score it at every shot count; returns (and
+    writes to ``<out>/fewshot.json``) budget_s, folds, seeds, shots, configs, data, machine,
+    runs, aggregate (:func:`aggregate_fewshot`), margins over the first config, total_s,
+    complete."""
     from rvos.bench import machine_info
     from rvos.outputs_dir import InPlaceOutput, results_folder, write_file_atomic
 
@@ -122,15 +123,14 @@ def fewshot_benchmark(out: Path, configs: list[Path], folds: list[int], seeds: l
     for name, values in (("--seeds", seeds), ("--folds", folds), ("--shots", shots)):
         if not values or len(set(values)) != len(values):
             raise RVOSError(f"{name} must be distinct values, got {values}")
-    if budget_s <= 0:
+    if budget_s is not None and budget_s <= 0:
         raise RVOSError(f"the training budget must be positive, got {budget_s} s")
     out = Path(out)
     root = out / "fewshot"
     json_path = out / "fewshot.json"
+    bound = ("the configs' step counts" if budget_s is None else f"{budget_s:.0f} s training each")
     print(f"few-shot benchmark: {len(configs)} config(s) x {len(folds)} fold(s) x {len(seeds)} "
-          f"seed(s), {budget_s:.0f} s training each (about "
-          f"{len(configs) * len(folds) * len(seeds) * budget_s / 60:.0f} min of training, plus "
-          f"data and evaluation)", flush=True)
+          f"seed(s), {bound}", flush=True)
     results_folder(out, ["fewshot", "fewshot.json"], overwrite, "bench")
     output = InPlaceOutput(root, "bench fewshot", overwrite=overwrite,
                            started_when="*/fold*/seed*/summary.json", companions=("fewshot.json",))
@@ -143,7 +143,7 @@ def fewshot_benchmark(out: Path, configs: list[Path], folds: list[int], seeds: l
 
 
 def _runs(root: Path, json_path: Path, configs: list[Path], folds: list[int], seeds: list[int],
-          shots: list[int], budget_s: float, videos_per_category: int, device: str,
+          shots: list[int], budget_s: float | None, videos_per_category: int, device: str,
           progress: bool, output, machine: dict) -> dict:
     from rvos.config import load_config
     from rvos.data.synthetic import SynthConfig, generate_fewshot_benchmark
@@ -155,8 +155,9 @@ def _runs(root: Path, json_path: Path, configs: list[Path], folds: list[int], se
     data = root / "data"
     generate_fewshot_benchmark(data, SynthConfig(), videos_per_category, progress=progress)
     cache = root / "feature_cache"
-    common = [f"data.root={data}", f"train.grounding.cache_dir={cache}",
-              f"train.time_budget_s={budget_s}"] + ([] if device == "auto" else [f"train.device={device}"])
+    common = ([f"data.root={data}", f"train.grounding.cache_dir={cache}"]
+              + ([] if budget_s is None else [f"train.time_budget_s={budget_s}"])
+              + ([] if device == "auto" else [f"train.device={device}"]))
     result = {"budget_s": budget_s, "folds": folds, "seeds": seeds, "shots": shots,
               "configs": {c.stem: str(c) for c in configs},
               "data": {"videos_per_category": videos_per_category, "data_s": time.monotonic() - start},

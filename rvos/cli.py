@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quality: training seeds, one run per config and seed (default: 0 1)")
     be.add_argument("--budget-s", type=_seconds,
                     help="quality, fewshot: training time budget per run in seconds (default: "
-                         "600 for quality, 240 for fewshot)")
+                         "600 for quality; for fewshot the configs' own step counts)")
     be.add_argument("--train-videos", type=_non_negative, default=0, metavar="N",
                     help="quality: training videos of the synthetic benchmark (default 0: the "
                          "demo's 1000); for quick comparisons. fewshot: videos per category "
