@@ -513,6 +513,20 @@ def machine_info(device: str = "auto") -> dict:
     return info
 
 
+def check_bench_configs(configs: list[str | Path]) -> list[Path]:
+    """The configs of a benchmark that trains each: existing files with distinct names (run
+    folders are named after them); RVOSError otherwise."""
+    configs = [Path(c) for c in configs]
+    for config in configs:
+        if not config.is_file():
+            raise RVOSError("config file not found", config)
+    stems = [c.stem for c in configs]
+    if len(set(stems)) != len(stems):
+        raise RVOSError(f"configs must have distinct file names (run folders are named after "
+                        f"them): {', '.join(map(str, configs))}")
+    return configs
+
+
 def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: list[Path] | None = None,
                       progress: bool = False, seeds: list[int] | tuple[int, ...] = QUALITY_SEEDS,
                       device: str = "auto", error: str = "minmax", overwrite: bool = False,
@@ -543,15 +557,8 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     from rvos.demo import DEMO_CONFIG
     from rvos.outputs_dir import InPlaceOutput, results_folder, write_file_atomic
 
-    configs = [Path(c) for c in (configs or [DEMO_CONFIG])]
+    configs = check_bench_configs(configs or [DEMO_CONFIG])
     seeds = [int(s) for s in seeds]
-    for config in configs:
-        if not config.is_file():
-            raise RVOSError("config file not found", config)
-    stems = [c.stem for c in configs]
-    if len(set(stems)) != len(stems):
-        raise RVOSError(f"configs must have distinct file names (run folders are named after "
-                        f"them): {', '.join(map(str, configs))}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise RVOSError(f"--seeds must be distinct training seeds, got {seeds}")
     if budget_s <= 0:

@@ -109,17 +109,10 @@ def fewshot_benchmark(out: Path, configs: list[Path], folds: list[int], seeds: l
     writes to ``<out>/fewshot.json``) budget_s, folds, seeds, shots, configs, data, machine,
     runs, aggregate (:func:`aggregate_fewshot`), margins over the first config, total_s,
     complete."""
-    from rvos.bench import machine_info
+    from rvos.bench import check_bench_configs, machine_info
     from rvos.outputs_dir import InPlaceOutput, results_folder, write_file_atomic
 
-    configs = [Path(c) for c in configs]
-    for config in configs:
-        if not config.is_file():
-            raise RVOSError("config file not found", config)
-    stems = [c.stem for c in configs]
-    if len(set(stems)) != len(stems):
-        raise RVOSError(f"configs must have distinct file names (run folders are named after "
-                        f"them): {', '.join(map(str, configs))}")
+    configs = check_bench_configs(configs)
     for name, values in (("--seeds", seeds), ("--folds", folds), ("--shots", shots)):
         if not values or len(set(values)) != len(values):
             raise RVOSError(f"{name} must be distinct values, got {values}")

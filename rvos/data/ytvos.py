@@ -74,10 +74,9 @@ def _parse_obj_ids(value: Any, where: str, path: Path) -> list[int]:
     return ids
 
 
-def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
-    """Read and validate a meta_expressions.json; videos sorted by name, expressions by id.
-    Sentences have their whitespace runs collapsed to single spaces."""
-    path = Path(path)
+def _read_videos_json(path: Path) -> dict:
+    """The JSON object of ``path``, which must hold a "videos" mapping (RVOSError naming the
+    file otherwise)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -86,6 +85,14 @@ def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
         raise RVOSError(f"cannot read ({type(e).__name__}: {e})", path) from None
     if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
         raise RVOSError('expected an object with a "videos" mapping at the top level', path)
+    return data
+
+
+def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
+    """Read and validate a meta_expressions.json; videos sorted by name, expressions by id.
+    Sentences have their whitespace runs collapsed to single spaces."""
+    path = Path(path)
+    data = _read_videos_json(path)
     videos: dict[str, VideoRecord] = {}
     for video in sorted(data["videos"]):
         check_component(video, "video id", path)
@@ -128,14 +135,7 @@ def parse_objects_json(path: str | Path) -> dict[str, dict[int, dict]]:
     "frames": [...]}}}}}`` -> {video: {obj_id: object entry}}; entries that are not objects
     are skipped."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RVOSError(f"invalid JSON ({e})", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RVOSError(f"cannot read ({type(e).__name__}: {e})", path) from None
-    if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
-        raise RVOSError('expected an object with a "videos" mapping at the top level', path)
+    data = _read_videos_json(path)
     objects: dict[str, dict[int, dict]] = {}
     for video, entry in data["videos"].items():
         objs = entry.get("objects", {}) if isinstance(entry, dict) else None
