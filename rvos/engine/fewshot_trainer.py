@@ -11,8 +11,11 @@ once for every video of the pool:
    samples from other videos of it), K drawn once per step in ``[train.fewshot.min_shots,
    data.fewshot.shots]`` so one model serves 1-shot and K-shot evaluation. Every annotated
    object of the query video is a track; the support is the referred object of each
-   support sample (from its masks, as the task gives them). A cross-entropy over the query's
-   tracks trains the scorer and the cross-modal affinity module together.
+   support sample (from its masks, as the task gives them; the first object of a
+   multi-object sentence). In a share ``train.fewshot.category_word_dropout`` of the
+   episodes the query sentence's category name is replaced by "object", so that the category
+   must come from the support. A cross-entropy over the query's tracks trains the scorer
+   and the cross-modal affinity module together.
 
 There is no validation during training: the novel categories are the test, and the base
 categories are all training. ``rvos evaluate`` scores a checkpoint on its fold's novel
@@ -114,9 +117,11 @@ class FewShotTrainer(GroundingTrainer):
             target = torch.zeros_like(batch.valid)
             for b, e in enumerate(episodes):
                 target[b, referred[e.query]] = True
-            support = self.model.support_batch([[objects[s] for s in e.support[:k]] for e in episodes],
-                                               [[s.text for s in e.support[:k]] for e in episodes],
-                                               self.device)
+            support = None          # the baseline ignores it: not built
+            if self.model.affinity is not None:
+                support = self.model.support_batch(
+                    [[objects[s] for s in e.support[:k]] for e in episodes],
+                    [[s.text for s in e.support[:k]] for e in episodes], self.device)
             words, padding = self.model.encode_text(query_texts, self.device)
             logits = self.model.score(batch, words, padding, support)
             loss = grounding_loss(logits, target)
