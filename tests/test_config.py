@@ -4,6 +4,7 @@ import pytest
 
 from rvos.config import Config, load_config, save_config, to_dict
 from rvos.errors import RVOSError
+from rvos.models.build import MODEL_KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_every_shipped_config_is_valid():
     assert configs, "configs/ is empty"
     for path in configs:
         cfg = load_config(path)
-        assert cfg.model.kind in ("baseline", "query", "grounding"), path
+        assert cfg.model.kind in MODEL_KINDS, path
         assert not str(cfg.data.root).startswith("/"), f"{path}: absolute data path"
 
 
