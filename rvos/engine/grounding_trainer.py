@@ -399,7 +399,9 @@ class GroundingTrainer(StopOnSignal):
     def encode_sentences(self, texts: set[str], chunk: int = 256) -> None:
         """Run the frozen text encoder once over every training sentence (it memoises them),
         in length-sorted chunks, so scorer steps never wait for it."""
-        ordered = sorted(texts, key=len)
+        # ties by text, not by the set's (per-process) hash order: which sentences share a
+        # padded chunk then never changes, so a run repeats in another process
+        ordered = sorted(texts, key=lambda text: (len(text), text))
         for i in tqdm(range(0, len(ordered), chunk), desc="sentences", unit="chunk",
                       disable=not self.progress, leave=False):
             self.model.text(ordered[i:i + chunk], self.device)

@@ -245,7 +245,9 @@ class QueryCacheTrainer(StopOnSignal):
         texts = {e.text for es in exprs.values() for e in es}
         if self.cfg.data.hflip_prob > 0:
             texts |= {swap_left_right(t) for t in texts}
-        ordered = sorted(texts, key=len)
+        # ties by text, not by the set's (per-process) hash order: which sentences share a
+        # padded chunk then never changes, so a run repeats in another process
+        ordered = sorted(texts, key=lambda text: (len(text), text))
         for i in range(0, len(ordered), chunk):
             self.model.text_encoder(ordered[i:i + chunk], self.device)
 
