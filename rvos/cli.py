@@ -237,10 +237,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise RVOSError("rvos evaluate needs --checkpoint (score a model) or --benchmark "
                         "(score prediction folders)")
-    from rvos.engine.checkpoint import load_checkpoint
-
-    if load_checkpoint(args.checkpoint).config.model.kind == "fewshot":
-        return _evaluate_fewshot(args, out, overwrite)
     from rvos.data.ytvos import RefYTVOSLayout
     from rvos.engine.checkpoint import load_checkpoint
     from rvos.engine.evaluator import evaluate_layout, format_table, write_results
@@ -253,9 +249,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if overwrite and others and not out.is_symlink():
         raise RVOSError(f"also holds other results ({', '.join(others[:3])}), which --overwrite "
                         "would remove; choose another --out", out)
+    cfg = load_checkpoint(args.checkpoint).config
+    if cfg.model.kind == "fewshot":
+        return _evaluate_fewshot(args, cfg, out, overwrite)
     with staged_output(out, overwrite, "evaluate") as stage:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
-        cfg = load_checkpoint(args.checkpoint).config
         root = Path(args.data or cfg.data.root)
         results = []
         for split in args.split:
@@ -269,18 +267,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_fewshot(args: argparse.Namespace, out: Path, overwrite: bool) -> int:
+def _evaluate_fewshot(args: argparse.Namespace, cfg, out: Path, overwrite: bool) -> int:
     """A few-shot checkpoint: episodes of its fold's novel categories (or of another
-    few-shot dataset's, --fewshot-dataset with --data), per-fold J, F, J&F."""
+    few-shot dataset's, --fewshot-dataset with --data), per-fold J, F, J&F; ``cfg`` is the
+    checkpoint's config."""
     import json
 
     from rvos.data.mini_refvos import open_fewshot_layout
-    from rvos.engine.checkpoint import load_checkpoint
     from rvos.engine.fewshot_evaluator import VideoMemo, evaluate_fold, format_fewshot_table
     from rvos.inference import Predictor
     from rvos.outputs_dir import staged_output, write_file_atomic
 
-    cfg = load_checkpoint(args.checkpoint).config
     f = cfg.data.fewshot
     dataset = args.fewshot_dataset or f.dataset
     fold = f.fold if dataset == f.dataset else 1
