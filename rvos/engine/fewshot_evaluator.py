@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from rvos.data.fewshot import Episode, EpisodeSampler, fold_split, referring_samples
-from rvos.data.transforms import normalize, resize_frames, resize_masks
+from rvos.data.transforms import preprocess_frames, resize_masks
 from rvos.engine.evaluator import object_hit
 from rvos.metrics.davis import jaccard_and_f
 from rvos.models.fewshot.model import FewShotGroundingModel
@@ -84,8 +84,7 @@ class VideoMemo:
             if len(self.kept) >= self.max_videos:       # bounded memory over long folds
                 self.clear()
             frames, labels = self.layout.load_clip(video, self.layout.videos[video].frames)
-            resized = resize_frames(frames, self.size)
-            rgb = normalize(resized.float().div_(255.0)).to(self.device)
+            rgb = preprocess_frames(frames, self.size, self.device)
             small = resize_masks(labels, self.size).numpy()
             self.kept[video] = (rgb, small, self.model.features(rgb))
         return self.kept[video]
