@@ -169,6 +169,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rvos.outputs_dir import InPlaceOutput, check_inputs_outside
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.model.kind == "referformer":
+        raise RVOSError("model.kind referformer runs converted released checkpoints and does not "
+                        "train; train this architecture with model.kind query "
+                        "(configs/query_ytvos_*.yaml)", args.config)
     run_dir = Path(args.out or cfg.train.out_dir)
     if args.resume is None:
         check_inputs_outside(run_dir, {"config": args.config, "data.root": cfg.data.root})
@@ -348,6 +352,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- convert
+def cmd_convert(args: argparse.Namespace) -> int:
+    from rvos.convert import convert_checkpoint
+
+    file = convert_checkpoint(args.checkpoint, args.out, tokenizer=args.tokenizer or "",
+                              overwrite=args.overwrite)
+    print(f"converted {args.checkpoint} -> {file}")
+    print(f"segment a video with: rvos predict --checkpoint {file} --video VIDEO --text SENTENCE --out DIR")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench, demo
 def cmd_bench(args: argparse.Namespace) -> int:
     from rvos.bench import run_baseline_benchmarks
@@ -454,6 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-gif", action="store_true")
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    cv = sub.add_parser("convert", parents=[common],
+                        help="convert a released ReferFormer-layout checkpoint (.pth) to rvos")
+    cv.add_argument("checkpoint", help="the official checkpoint.pth (read with weights_only=True)")
+    cv.add_argument("--out", required=True, help="the rvos checkpoint to write (NAME or NAME.safetensors)")
+    cv.add_argument("--tokenizer", help="folder with roberta-base's tokenizer files (vocab.json, "
+                                        "merges.txt); default: the Hugging Face cache")
+    cv.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    cv.set_defaults(func=cmd_convert)
 
     be = sub.add_parser(
         "bench", parents=[common],

@@ -27,6 +27,7 @@ from rvos.models.fewshot.config import (CrossModalAffinityConfig, FewShotDataCon
                                         FewShotTrainConfig)
 from rvos.models.grounding.config import GroundingTrainConfig, TrackGroundingConfig
 from rvos.models.query.config import QueryModelConfig
+from rvos.models.referformer.config import ReferFormerConfig
 
 
 @dataclass
@@ -77,12 +78,13 @@ class BaselineConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "baseline"            # baseline | query | grounding | fewshot
+    kind: str = "baseline"            # baseline | query | grounding | fewshot | referformer
     text: TextConfig = field(default_factory=TextConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     query: QueryModelConfig = field(default_factory=QueryModelConfig)
     grounding: TrackGroundingConfig = field(default_factory=TrackGroundingConfig)
     fewshot: CrossModalAffinityConfig = field(default_factory=CrossModalAffinityConfig)
+    referformer: ReferFormerConfig = field(default_factory=ReferFormerConfig)  # released checkpoints
 
 
 @dataclass
@@ -258,7 +260,7 @@ RULES: dict[str, Rule] = {
     "data.max_val_samples": NONNEG,            # 0: all
     "data.refcoco_dataset": one_of("refcoco", "refcoco+", "refcocog"),
     "data.joint_image_ratio": RATE,
-    "model.kind": one_of("baseline", "query", "grounding", "fewshot"),
+    "model.kind": one_of("baseline", "query", "grounding", "fewshot", "referformer"),
     "model.text.max_length": COUNT,
     "model.baseline.dim": COUNT,
     "model.baseline.heads": COUNT,
@@ -346,6 +348,30 @@ RULES: dict[str, Rule] = {
     "model.fewshot.key_dim": COUNT,
     "model.fewshot.heads": COUNT,
     "model.fewshot.dropout": reals(0, 1, hi_open=True),
+    "model.referformer.num_classes": COUNT,
+    "model.referformer.hidden_dim": COUNT,
+    "model.referformer.nheads": COUNT,
+    "model.referformer.enc_layers": NONNEG,
+    "model.referformer.dec_layers": COUNT,
+    "model.referformer.dim_feedforward": COUNT,
+    "model.referformer.num_queries": COUNT,
+    "model.referformer.num_feature_levels": ints(4, 4),
+    "model.referformer.enc_n_points": COUNT,
+    "model.referformer.dec_n_points": COUNT,
+    "model.referformer.mask_dim": COUNT,
+    "model.referformer.controller_layers": ints(2),
+    "model.referformer.dynamic_mask_channels": COUNT,
+    "model.referformer.text.vocab_size": COUNT,
+    "model.referformer.text.hidden_size": COUNT,
+    "model.referformer.text.num_layers": COUNT,
+    "model.referformer.text.num_heads": COUNT,
+    "model.referformer.text.intermediate_size": COUNT,
+    "model.referformer.text.max_positions": COUNT,
+    "model.referformer.text.type_vocab_size": COUNT,
+    "model.referformer.text.layer_norm_eps": POSITIVE_REAL,
+    "model.referformer.inference.frame_chunk": NONNEG,     # 0: all frames at once
+    "model.referformer.inference.short_side": COUNT,
+    "model.referformer.inference.clip_frames": NONNEG,     # 0: the whole video
     "train.fewshot.min_shots": COUNT,
     "train.fewshot.category_word_dropout": RATE,
     "eval.window": COUNT,

@@ -21,10 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.config import Config
-from rvos.data.transforms import preprocess_frames
+from rvos.data.transforms import preprocess_frames, preprocess_short_side
 from rvos.data.video_io import iter_frame_windows
 from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
+
+
+WHOLE_VIDEO = 1 << 30    # a window no video reaches: the whole video is one clip
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,16 +65,21 @@ class FramePrediction:
 
 
 class Predictor:
-    """Runs a trained model over whole videos in windows of ``window`` frames."""
+    """Runs a trained model over whole videos in windows of ``window`` frames.
+
+    Frames are resized to ``input_size`` (H, W), or, with ``short_side``, keeping their
+    aspect ratio to that shorter side (ReferFormer's recipe, for converted checkpoints).
+    """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int], window: int = 8,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", short_side: int = 0):
         if window < 1:
             raise ValueError("window must be >= 1")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_size = tuple(input_size)
         self.window = window
+        self.short_side = short_side
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
@@ -86,11 +94,18 @@ class Predictor:
         cfg: Config = checkpoint.config
         model = build_model(cfg, pretrained=False)
         load_weights_into(model, checkpoint, path)
+        if cfg.model.kind == "referformer":    # a converted release: the official recipe
+            recipe = cfg.model.referformer.inference
+            model.prepare_for_inference()
+            return cls(model, cfg.data.input_size, window or recipe.clip_frames or WHOLE_VIDEO,
+                       resolve_device(device), short_side=recipe.short_side)
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device))
 
     def _prepare(self, frames: np.ndarray | list[np.ndarray]) -> Tensor:
         """frames: (T, H, W, 3) uint8 -> (1, T, 3, h, w) normalised at the input size."""
         frames = np.stack(frames) if isinstance(frames, list) else frames
+        if self.short_side:
+            return preprocess_short_side(frames, self.short_side, self.device).unsqueeze(0)
         return preprocess_frames(frames, self.input_size, self.device).unsqueeze(0)
 
     @torch.inference_mode()

@@ -95,6 +95,31 @@ def resize_frames(frames: np.ndarray | Tensor, size: tuple[int, int], box: Box |
     return x
 
 
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) with the shorter side ``short_side`` and the longer one scaled and truncated,
+    as torchvision's ``Resize(short_side)`` computes it."""
+    if width <= height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
+
+
+def preprocess_short_side(frames: np.ndarray, short_side: int,
+                          device: torch.device | str | None = None) -> Tensor:
+    """ReferFormer's inference transform (``T.Resize(short_side)``, ``ToTensor``,
+    ``Normalize`` on PIL images): uint8 RGB (T, H, W, 3) -> normalised (T, 3, h, w).
+
+    Resized with PIL's bilinear filter, not :func:`resize_frames`: the official recipe runs
+    PIL, and torch's uint8 kernel can differ from it by a grey level.
+    """
+    from PIL import Image
+
+    h, w = short_side_size(frames.shape[1], frames.shape[2], short_side)
+    if (h, w) != tuple(frames.shape[1:3]):
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR))
+                           for f in frames])
+    return normalize_frames(frames).to(device)
+
+
 def resize_masks(masks: np.ndarray | Tensor, size: tuple[int, int], box: Box | None = None) -> Tensor:
     """Masks or label maps (T, H, W) -> uint8 (T, h, w) at ``size``, nearest neighbour at pixel
     centres (as PIL's NEAREST), optionally of the crop ``box`` only."""

@@ -81,6 +81,9 @@ def architecture_signature(cfg: Config) -> dict[str, Any]:
         signature["grounding"] = {k: v for k, v in model["grounding"].items()
                                   if k != "backbone_weights"}
     signature.pop("backbone_weights", None)
+    if cfg.model.kind == "referformer":  # how inference is scheduled, and where the tokenizer is
+        signature.pop("inference", None)
+        signature["text"] = {k: v for k, v in signature["text"].items() if k != "tokenizer"}
     return signature
 
 

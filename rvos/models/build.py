@@ -15,7 +15,7 @@ from torch import nn
 from rvos.config import Config
 from rvos.errors import RVOSError
 
-MODEL_KINDS = ("baseline", "query", "grounding", "fewshot")
+MODEL_KINDS = ("baseline", "query", "grounding", "fewshot", "referformer")
 
 
 def without_pretrained_init(cfg: Config) -> Config:
@@ -59,6 +59,10 @@ def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
         from rvos.models.fewshot.build import build_fewshot_model
 
         return build_fewshot_model(cfg)
+    if kind == "referformer":
+        from rvos.models.referformer.model import ReferFormer
+
+        return ReferFormer(cfg.model.referformer)
     from rvos.models.grounding.build import build_grounding_model
 
     return build_grounding_model(cfg)

@@ -1,0 +1,330 @@
+"""Proof that rvos's ReferFormer computes what the official code computes, and how fast.
+
+    python benchmarks/referformer_parity.py --official /path/to/ReferFormer \
+        [--backbone resnet50 video_swin_t] [--frames 5 36] [--size 360 640] [--threads 2]
+
+``--official`` is a checkout of wjn922/ReferFormer (a folder with ``models/``, ``util/`` and
+``opts.py``). For each backbone the script
+
+1. builds the OFFICIAL model from that checkout (``models.build`` with the options of the
+   released Ref-YouTube-VOS models: ``--with_box_refine --binary``), with random weights:
+   RoBERTa is built from roberta-base's config (nothing is downloaded), the ResNet without
+   ImageNet weights; the compiled deformable-attention op is replaced by the official
+   pure-PyTorch ``ms_deform_attn_core_pytorch`` from the same checkout;
+2. saves its state dict in the official format (``{"model": state_dict}`` in a ``.pth``),
+   converts it with ``rvos convert`` and loads the result into rvos's model;
+3. runs both on the same frames (a real DAVIS clip from ../shared/assets when present,
+   resized to ``--size``, else random) and the same token ids, each in its own process
+   (so that its peak memory is its own), and compares ``pred_logits``, ``pred_boxes`` and
+   ``pred_masks`` (max abs difference), frames/s and peak resident memory; rvos in float32
+   and, where the CPU has AVX512-BF16, in bfloat16 too.
+
+Prints a table and writes ``--json`` (default benchmarks/results/referformer_parity.json).
+Official modules are imported at run time from the user's path only; nothing of them is
+in rvos. Needs ``einops`` (and ``timm`` for Swin backbones) for the official code; a
+missing ``fvcore`` is stood in for by its one initialiser the official code calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                    layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+SENTENCE_IDS = [0, 627, 1275, 512, 15, 5, 314, 9, 5, 2170, 2]   # <s> ... </s>, 11 tokens
+
+
+# ----------------------------------------------------------------------------- memory
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS measurement (Linux: clear_refs 5 resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def has_avx512_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- official side
+def import_official(checkout: Path):
+    """``models.build`` and ``opts.get_args_parser`` from the checkout, with the compiled
+    deformable attention replaced by the checkout's own pure-PyTorch version."""
+    sys.path.insert(0, str(checkout))
+    if importlib.util.find_spec("fvcore") is None:          # only its initialiser is used
+        fv, nn_mod, init = (types.ModuleType(n) for n in ("fvcore", "fvcore.nn", "fvcore.nn.weight_init"))
+
+        def c2_xavier_fill(module):
+            torch.nn.init.kaiming_uniform_(module.weight, a=1)
+            if module.bias is not None:
+                torch.nn.init.constant_(module.bias, 0)
+
+        init.c2_xavier_fill = c2_xavier_fill
+        fv.nn, nn_mod.weight_init = nn_mod, init
+        sys.modules.update({"fvcore": fv, "fvcore.nn": nn_mod, "fvcore.nn.weight_init": init})
+
+    msda = types.ModuleType("MultiScaleDeformableAttention")
+
+    def forward(value, shapes, level_start, locations, weights, im2col_step):
+        from models.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
+
+        return ms_deform_attn_core_pytorch(value, [(int(h), int(w)) for h, w in shapes],
+                                           locations, weights)
+
+    msda.ms_deform_attn_forward = forward
+    sys.modules["MultiScaleDeformableAttention"] = msda
+    import models            # noqa: F401  (the checkout's package)
+    import models.backbone as official_backbone
+    import models.referformer as official_referformer
+    import opts
+
+    official_backbone.is_main_process = lambda: False        # no ImageNet download
+
+    class RandomRoberta:
+        @staticmethod
+        def from_pretrained(name):
+            from transformers import RobertaConfig, RobertaModel
+
+            return RobertaModel(RobertaConfig(**ROBERTA_BASE))
+
+    class NoTokenizer:            # token ids are given (no tokenizer files here)
+        @staticmethod
+        def from_pretrained(name):
+            return None
+
+    official_referformer.RobertaModel = RandomRoberta
+    official_referformer.RobertaTokenizerFast = NoTokenizer
+    return official_referformer.build, opts.get_args_parser
+
+
+class FixedTokens:
+    """Stands in for the tokenizer: returns the given ids for the (one) caption."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def batch_encode_plus(self, captions, padding, return_tensors):
+        from transformers import BatchEncoding
+
+        return BatchEncoding({"input_ids": self.ids, "attention_mask": torch.ones_like(self.ids)})
+
+
+def official_options(parser_factory, backbone: str) -> argparse.Namespace:
+    name = {"video_swin_t": "video_swin_t_p4w7", "video_swin_s": "video_swin_s_p4w7",
+            "video_swin_b": "video_swin_b_p4w7"}.get(backbone, backbone)
+    parser = argparse.ArgumentParser(parents=[parser_factory()], add_help=False)
+    return parser.parse_args(["--with_box_refine", "--binary", "--freeze_text_encoder",
+                              "--backbone", name, "--device", "cpu", "--masks"])
+
+
+# ----------------------------------------------------------------------------- inputs
+def make_frames(count: int, size: tuple[int, int]) -> torch.Tensor:
+    """(count, 3, H, W) normalised: a real DAVIS clip when ../shared has one, else noise."""
+    from PIL import Image
+
+    folders = sorted((ROOT.parent / "shared" / "assets" / "davis-real").glob("**/JPEGImages/*/*"))
+    folders = [f for f in folders if f.is_dir()] or sorted(
+        p.parent for p in (ROOT.parent / "shared" / "assets").glob("**/*.jpg"))
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for folder in folders:
+        files = sorted(folder.glob("*.jpg"))
+        if files:
+            files = [files[i % len(files)] for i in range(count)]
+            arrays = [np.asarray(Image.open(f).convert("RGB").resize(size[::-1], Image.BILINEAR))
+                      for f in files]
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+            return (x - mean) / std
+    return torch.randn(count, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+# ----------------------------------------------------------------------------- workers
+def worker(args: argparse.Namespace) -> None:
+    """One side's runs, in its own process: results to ``args.result``."""
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    frames_all = torch.load(work / "frames.pt")
+    ids = torch.tensor([SENTENCE_IDS])
+    runs = []
+    if args.worker == "official":
+        build, parser_factory = import_official(Path(args.official))
+        torch.manual_seed(args.seed)
+        model, _, _ = build(official_options(parser_factory, args.backbone))
+        model.eval()
+        model.tokenizer = FixedTokens(ids)
+        with torch.no_grad():   # no constant-initialised part left degenerate (uniform attention, ...)
+            for name, p in model.named_parameters():
+                if ("norm" not in name and not name.startswith("text_encoder")
+                        and bool((p == p.flatten()[0]).all())):
+                    p.add_(torch.randn_like(p) * 0.02)
+        torch.save({"model": model.state_dict()}, work / "official.pth")
+
+        def run(frames):
+            size = torch.as_tensor(frames.shape[-2:])
+            out = model([frames], ["a sentence"], [{"size": size}])
+            return out["pred_logits"], out["pred_boxes"], out["pred_masks"]
+        modes = [("float32", run)]
+    else:
+        from rvos.engine.checkpoint import load_checkpoint, load_weights_into
+        from rvos.models.build import build_model
+
+        checkpoint = load_checkpoint(work / "converted")
+        cfg = checkpoint.config
+        model = build_model(cfg, pretrained=False)
+        load_weights_into(model, checkpoint, work / "converted")
+        model.prepare_for_inference()
+        attention = torch.ones_like(ids)
+
+        def run(frames):
+            pred = model.predict(frames[None], ids, attention)
+            return pred.logits, pred.boxes, pred.masks
+
+        def run_bf16(frames):
+            model.cfg.inference.bf16 = True
+            try:
+                return run(frames)
+            finally:
+                model.cfg.inference.bf16 = False
+        modes = [("float32", run)] + ([("bfloat16", run_bf16)] if has_avx512_bf16() else [])
+    with torch.no_grad():
+        for mode, fn in modes:
+            fn(frames_all[: min(args.frames)])                      # warm-up
+            for t in args.frames:
+                frames = frames_all[:t]
+                repeats = 1 if t > 8 else 3
+                reset_peak_rss()
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    outputs = fn(frames)
+                seconds = (time.perf_counter() - start) / repeats
+                name = f"{args.worker}_{mode}_T{t}"
+                torch.save([o.float() for o in outputs], work / f"{name}.pt")
+                runs.append({"side": args.worker, "mode": mode, "frames": t,
+                             "seconds": seconds, "frames_per_s": t / seconds,
+                             "peak_rss_gb": peak_rss_gb(), "outputs": name})
+                print(f"  {name}: {seconds:.2f} s, {t / seconds:.2f} frames/s, "
+                      f"peak {runs[-1]['peak_rss_gb']:.2f} GB", flush=True)
+    Path(args.result).write_text(json.dumps(runs))
+
+
+def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
+    result = work / f"{side}.json"
+    cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
+           "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
+           "--frames", *map(str, args.frames)]
+    if args.official:
+        cmd += ["--official", str(args.official)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads(result.read_text())
+
+
+def compare(work: Path, official: dict, mine: dict) -> dict:
+    a = torch.load(work / f"{official['outputs']}.pt")
+    b = torch.load(work / f"{mine['outputs']}.pt")
+    names = ("pred_logits", "pred_boxes", "pred_masks")
+    return {n: float((x - y).abs().max()) for n, x, y in zip(names, a, b)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, help="checkout of wjn922/ReferFormer")
+    parser.add_argument("--backbone", nargs="+", default=["resnet50", "video_swin_t"])
+    parser.add_argument("--frames", nargs="+", type=int, default=[5, 36])
+    parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "referformer_parity.json")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--worker", choices=["official", "rvos"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.backbone = args.backbone[0]
+        worker(args)
+        return
+    if args.official is None or not (args.official / "models" / "referformer.py").is_file():
+        print(f"skipped: --official must name a checkout of wjn922/ReferFormer "
+              f"(got {args.official})")
+        sys.exit(0)
+    from rvos.convert import convert_checkpoint
+
+    commit = None
+    try:
+        commit = subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    report = {"official": str(args.official), "official_commit": commit,
+              "cpu": platform.processor() or platform.machine(), "threads": args.threads,
+              "size": args.size, "torch": torch.__version__, "backbones": {}}
+    ok = True
+    for backbone in args.backbone:
+        args.backbone_now = backbone
+        print(f"== {backbone}")
+        with tempfile.TemporaryDirectory(prefix="rvos-parity-") as tmp:
+            work = Path(tmp)
+            torch.save(make_frames(max(args.frames), tuple(args.size)), work / "frames.pt")
+            official_runs = spawn(args, "official", work)
+            start = time.perf_counter()
+            convert_checkpoint(work / "official.pth", work / "converted")
+            convert_s = time.perf_counter() - start
+            rvos_runs = spawn(args, "rvos", work)
+            rows = []
+            for o in official_runs:
+                for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
+                    diff = compare(work, o, r)
+                    exact = r["mode"] == "float32"
+                    if exact:
+                        ok &= max(diff.values()) < args.tolerance
+                    rows.append({"frames": o["frames"], "rvos_mode": r["mode"],
+                                 "official_frames_per_s": o["frames_per_s"],
+                                 "rvos_frames_per_s": r["frames_per_s"],
+                                 "speedup": r["frames_per_s"] / o["frames_per_s"],
+                                 "official_peak_rss_gb": o["peak_rss_gb"],
+                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff})
+        report["backbones"][backbone] = {"convert_s": convert_s, "runs": rows}
+        print(f"{'T':>3} {'rvos mode':>9} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} "
+              f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks")
+        for row in rows:
+            d = row["max_abs_diff"]
+            print(f"{row['frames']:>3} {row['rvos_mode']:>9} {row['official_frames_per_s']:>12.3f} "
+                  f"{row['rvos_frames_per_s']:>9.3f} {row['speedup']:>7.2f}x "
+                  f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
+                  f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}")
+    report["within_tolerance"] = ok
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"float32 outputs within {args.tolerance:g}: {ok}; report: {args.json}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

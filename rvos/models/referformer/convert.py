@@ -1,0 +1,191 @@
+"""Released ReferFormer checkpoints (``checkpoint.pth`` of wjn922/ReferFormer and of the
+methods that keep its layout) -> rvos checkpoints.
+
+The official file is a pickle of ``{"model": state_dict, ...}`` (sometimes with optimizer and
+scheduler entries); it is read with ``torch.load(weights_only=True)``, so nothing in it runs.
+The architecture is read off the tensors' names and shapes (:func:`config_from_state`), the
+names are mapped (:func:`convert_state`), and every key is accounted for: a key the model
+does not have, a key it misses, or a shape it does not take is an error that lists them.
+
+Name mapping (official -> rvos):
+- ``backbone.0.body.*`` -> ``backbone.body.*`` (the official Joiner's position-encoding slot
+  ``backbone.1`` has no weights);
+- ``transformer.decoder.bbox_embed.*`` dropped: the same tensors as ``bbox_embed.*`` (the
+  official code hangs the box heads on the decoder for box refinement);
+- ``text_encoder.embeddings.position_ids`` dropped: a constant buffer older ``transformers``
+  versions saved;
+- every other key unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rvos.errors import RVOSError
+from rvos.models.referformer.config import ReferFormerConfig, ReferFormerTextConfig
+
+# keys every ReferFormer-layout checkpoint has; a file without them is something else
+SIGNATURE_KEYS = ("query_embed.weight", "transformer.level_embed", "controller.layers.0.weight",
+                  "pixel_decoder.mask_features.weight", "text_encoder.embeddings.word_embeddings.weight")
+DROPPED = (re.compile(r"^transformer\.decoder\.bbox_embed\."),
+           re.compile(r"^text_encoder\.embeddings\.position_ids$"),
+           re.compile(r"\.num_batches_tracked$"))
+
+
+# Plain containers the official training pickles beside the weights: its command-line options
+# (``args``) and the MultiStepLR state (milestones are a Counter). Allowed in the
+# weights-only unpickler: they hold data only and run no code when restored.
+SAFE_GLOBALS = [argparse.Namespace, collections.Counter]
+
+
+def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of an official ``.pth`` (its ``model`` entry, or the file itself when it
+    is a bare state dict), loaded with ``weights_only=True``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RVOSError("official checkpoint not found", path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # not a pickle, truncated, or holding objects beyond tensors
+        raise RVOSError(f"cannot read the checkpoint with weights_only=True "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from None
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise RVOSError("the file holds no state dict (expected a dict with a 'model' entry of "
+                        "tensors, as the official training saves)", path)
+    return state
+
+
+def _count(state: dict[str, Tensor], prefix: str) -> int:
+    """Number of consecutive indexed children ``prefix<i>.`` in the keys."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def _backbone_name(state: dict[str, Tensor], source: Path | None) -> str:
+    if "backbone.0.body.layer1.0.conv1.weight" in state:
+        blocks = _count(state, "backbone.0.body.layer3.")
+        names = {6: "resnet50", 23: "resnet101"}
+        if blocks not in names:
+            raise RVOSError(f"a ResNet backbone with {blocks} blocks in layer3 is not one "
+                            f"ReferFormer releases (resnet50: 6, resnet101: 23)", source)
+        return names[blocks]
+    patch = state.get("backbone.0.body.patch_embed.proj.weight")
+    if patch is None:
+        raise RVOSError("unknown backbone: neither ResNet (backbone.0.body.layer1...) nor Swin "
+                        "(backbone.0.body.patch_embed...) keys", source)
+    video = patch.dim() == 5
+    embed = patch.shape[0]
+    depths = tuple(_count(state, f"backbone.0.body.layers.{i}.blocks.") for i in range(4))
+    if video:
+        from rvos.models.referformer.video_swin import VARIANTS
+    else:
+        from rvos.models.referformer.swin import VARIANTS
+    bias_key = next(k for k in state if k.endswith("relative_position_bias_table"))
+    table = state[bias_key].shape[0]
+    for name, settings in VARIANTS.items():
+        s = settings if isinstance(settings, dict) else dataclasses.asdict(settings)
+        window = s["window_size"]
+        window = tuple(window) if isinstance(window, (tuple, list)) else (window, window)
+        size = 1
+        for w in window:
+            size *= 2 * w - 1
+        if s["embed_dim"] == embed and tuple(s["depths"]) == depths and size == table:
+            return name
+    raise RVOSError(f"a {'Video ' if video else ''}Swin backbone with embed_dim {embed}, depths "
+                    f"{list(depths)} and a {table}-entry position table is not one rvos knows "
+                    f"(known: {', '.join(VARIANTS)})", source)
+
+
+def _dynamic_head(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
+    """(controller_layers, dynamic_mask_channels, rel_coord) whose parameter count is
+    ``num_params``; the official defaults (3, 8, True) first."""
+    candidates = [(3, 8, True)] + [(layers, ch, rel) for rel in (True, False)
+                                   for ch in (8, 16, 4, 32) for layers in (2, 3, 4, 5)]
+    for layers, ch, rel in candidates:
+        cin = mask_dim + 2 if rel else mask_dim
+        if ch * cin + ch * ch * (layers - 2) + ch + ch * (layers - 1) + 1 == num_params:
+            return layers, ch, rel
+    raise RVOSError(f"the dynamic mask head's {num_params} generated parameters fit no "
+                    f"(layers, channels, relative coordinates) setting")
+
+
+def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> ReferFormerConfig:
+    """The architecture of an official state dict, read from its names and shapes."""
+    missing = [k for k in SIGNATURE_KEYS if k not in state]
+    if missing:
+        raise RVOSError(f"not a ReferFormer-layout checkpoint: it lacks {', '.join(missing)}",
+                        source)
+    dim = state["query_embed.weight"].shape[1]
+    levels = state["transformer.level_embed"].shape[0]
+    heads = 8   # not recoverable from shapes (sampling offsets are heads x points); the official value
+    ffn = state["transformer.encoder.layers.0.linear1.weight"].shape[0]
+    points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
+    mask_dim = state["pixel_decoder.mask_features.weight"].shape[0]
+    last = _count(state, "controller.layers.") - 1
+    layers, channels, rel = _dynamic_head(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
+    words = state["text_encoder.embeddings.word_embeddings.weight"]
+    text = ReferFormerTextConfig(
+        vocab_size=words.shape[0], hidden_size=words.shape[1],
+        num_layers=_count(state, "text_encoder.encoder.layer."),
+        num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
+        intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_positions=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=state["text_encoder.embeddings.token_type_embeddings.weight"].shape[0])
+    return ReferFormerConfig(
+        backbone=_backbone_name(state, source), num_classes=state["class_embed.0.weight"].shape[0],
+        hidden_dim=dim, nheads=heads,
+        enc_layers=_count(state, "transformer.encoder.layers."),
+        dec_layers=_count(state, "transformer.decoder.layers."),
+        dim_feedforward=ffn, num_queries=state["query_embed.weight"].shape[0],
+        num_feature_levels=levels,
+        enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
+        dec_n_points=points("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
+        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+        mask_dim=mask_dim, controller_layers=layers, dynamic_mask_channels=channels,
+        rel_coord=rel, text=text)
+
+
+def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
+                  source: Path | None = None) -> dict[str, Tensor]:
+    """Official names -> rvos names, checked against the model's own state dict
+    ``expected``: every key mapped, none left over, every shape equal."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if any(p.search(key) for p in DROPPED):
+            continue
+        new = "backbone." + key[len("backbone.0."):] if key.startswith("backbone.0.") else key
+        out[new] = value
+    for key, value in state.items():   # the dropped duplicate must really be a duplicate
+        if key.startswith("transformer.decoder.bbox_embed."):
+            twin = key[len("transformer.decoder."):]
+            if twin in state and not torch.equal(state[twin], value):
+                raise RVOSError(f"{key} differs from {twin}: not the official box refinement "
+                                f"layout", source)
+    unexpected = sorted(set(out) - set(expected))
+    missing = sorted(set(expected) - set(out))
+    if unexpected or missing:
+        parts = []
+        if unexpected:
+            parts.append(f"{len(unexpected)} keys rvos's ReferFormer does not have "
+                         f"(another architecture?): {', '.join(unexpected[:12])}"
+                         + (" ..." if len(unexpected) > 12 else ""))
+        if missing:
+            parts.append(f"{len(missing)} keys missing: {', '.join(missing[:12])}"
+                         + (" ..." if len(missing) > 12 else ""))
+        raise RVOSError("; ".join(parts), source)
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+             for k, v in out.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise RVOSError(f"{len(wrong)} tensors of the wrong shape: {', '.join(wrong[:8])}"
+                        + (" ..." if len(wrong) > 8 else ""), source)
+    return {k: v.to(expected[k].dtype) for k, v in out.items()}

@@ -1,0 +1,126 @@
+"""Building blocks of the ReferFormer parity model: attention with ``nn.MultiheadAttention``'s
+parameters, the official MLP / FeatureResizer / inverse sigmoid, and DETR's sine position
+encodings for unpadded inputs.
+
+Inference here never pads (one video, or videos of one size), so every padding mask of the
+official code is all False; the encodings below are the official formulas for that case.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention, batch first, state-dict compatible with ``nn.MultiheadAttention``
+    (``in_proj_weight`` (3C, C), ``in_proj_bias`` (3C,), ``out_proj``).
+
+    Written out rather than calling ``nn.MultiheadAttention`` so that the product runs through
+    ``F.scaled_dot_product_attention``, whose CPU kernel never materialises the (Lq, Lk)
+    matrix: the official cross-frame attention over 36 frames needs 2 GB per call for it.
+
+    forward(query (B, Lq, C), key (B, Lk, C), value (B, Lk, C), key_padding (B, Lk) bool,
+    True = ignore, or None) -> (B, Lq, C)
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.dim, self.heads = dim, heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding: Tensor | None = None) -> Tensor:
+        b, lq, c = query.shape
+        lk = key.shape[1]
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        d = c // self.heads
+        q = F.linear(query, w_q, b_q).view(b, lq, self.heads, d).transpose(1, 2)
+        k = F.linear(key, w_k, b_k).view(b, lk, self.heads, d).transpose(1, 2)
+        v = F.linear(value, w_v, b_v).view(b, lk, self.heads, d).transpose(1, 2)
+        mask = None
+        if key_padding is not None and bool(key_padding.any()):
+            mask = ~key_padding[:, None, None, :]                 # True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, c))
+
+
+class MLP(nn.Module):
+    """``num_layers`` linears with ReLU between: (..., in) -> (..., out); keys ``layers.i``."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class FeatureResizer(nn.Module):
+    """Linear then LayerNorm (eps 1e-12): RoBERTa's 768 channels to the model width."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.layer_norm = nn.LayerNorm(out_dim, eps=1e-12)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer_norm(self.fc(x))
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """The official logit: x clamped to [0, 1], numerator and denominator floored at eps."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def _frequencies(num_feats: int, device: torch.device, temperature: float = 10000.0) -> Tensor:
+    i = torch.arange(num_feats, dtype=torch.float32, device=device)
+    return temperature ** (2 * (i // 2) / num_feats)
+
+
+def _interleave_sin_cos(a: Tensor) -> Tensor:
+    """(..., F) angles -> (..., F): sin of the even channels, cos of the odd, interleaved."""
+    return torch.stack((a[..., 0::2].sin(), a[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def sine_position_2d(height: int, width: int, dim: int, device: torch.device) -> Tensor:
+    """DETR's normalised 2-D sine encoding (``PositionEmbeddingSine2D(dim // 2,
+    normalize=True)``) of an unpadded (height, width) map: (dim, height, width), the y
+    half first."""
+    eps, scale = 1e-6, 2 * math.pi
+    y = torch.arange(1, height + 1, dtype=torch.float32, device=device)
+    x = torch.arange(1, width + 1, dtype=torch.float32, device=device)
+    y = (y - 0.5) / (y[-1:] + eps) * scale
+    x = (x - 0.5) / (x[-1:] + eps) * scale
+    freq = _frequencies(dim // 2, device)
+    pos_y = _interleave_sin_cos(y[:, None] / freq)                  # (H, dim/2)
+    pos_x = _interleave_sin_cos(x[:, None] / freq)                  # (W, dim/2)
+    pos = torch.cat((pos_y[:, None, :].expand(height, width, -1),
+                     pos_x[None, :, :].expand(height, width, -1)), dim=-1)
+    return pos.permute(2, 0, 1).contiguous()
+
+
+def sine_position_1d(padding: Tensor, dim: int) -> Tensor:
+    """``PositionEmbeddingSine1D(dim, normalize=True)`` of token sequences: padding (B, L)
+    bool (True = padding) -> (B, L, dim). Positions count real tokens, normalised by the
+    sequence's own count."""
+    eps, scale = 1e-6, 2 * math.pi
+    x = (~padding).cumsum(1, dtype=torch.float32)
+    x = x / (x[:, -1:] + eps) * scale
+    return _interleave_sin_cos(x[:, :, None] / _frequencies(dim, padding.device))

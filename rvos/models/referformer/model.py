@@ -1,0 +1,319 @@
+"""The ReferFormer model at inference parity with the official code (wjn922/ReferFormer,
+``models/referformer.py``), scheduled for a CPU.
+
+What it computes is the official forward of an unpadded clip, for the outputs inference
+uses: the last decoder layer's ``pred_logits``, ``pred_boxes`` and ``pred_masks``. What it
+does not compute: masks, boxes and scores of the other decoder layers (the official code
+makes them at inference and throws them away), and the sampling-point statistics of the
+decoder.
+
+How it is scheduled (``ReferFormerInferenceConfig``):
+- the per-frame parts (backbone, early fusion, encoder, decoder, most of the FPN, mask head)
+  run over ``frame_chunk`` frames at a time; only the FPN's self-attention sees all frames,
+  on subsampled maps (``pixel_decoder``), so peak memory grows slowly with the clip length;
+- the backbone runs once per frame whatever the number of sentences;
+- attention goes through ``scaled_dot_product_attention``; the dynamic mask head shares one
+  matmul across queries instead of repeating the features per query.
+
+Names: V videos, K sentences (``video_of_text`` says whose), T frames, Q queries, C width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rvos.errors import RVOSError
+from rvos.models.outputs import RVOSOutput
+from rvos.models.referformer.backbone import build_backbone
+from rvos.models.referformer.config import ReferFormerConfig
+from rvos.models.referformer.layers import (MLP, Attention, FeatureResizer, inverse_sigmoid,
+                                            sine_position_1d, sine_position_2d)
+from rvos.models.referformer.pixel_decoder import CrossModalFPN, dynamic_mask_logits
+from rvos.models.referformer.transformer import DeformableTransformer
+
+
+@dataclass
+class ReferFormerPredictions:
+    """The official inference outputs, one row per sentence.
+
+    logits (K, T, Q, classes); boxes (K, T, Q, 4) normalised (cx, cy, w, h);
+    masks (K, T, Q, H/4, W/4) mask logits at stride 4 of the input.
+    """
+
+    logits: Tensor
+    boxes: Tensor
+    masks: Tensor
+
+
+class VisionLanguageFusion(nn.Module):
+    """Early fusion of a level with the words: x * attention(x -> words) (no residual)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.multihead_attn = Attention(dim, heads)
+
+    def forward(self, x: Tensor, words: Tensor, word_pos: Tensor, word_padding: Tensor) -> Tensor:
+        """x (N, C, h, w); words, word_pos (N, L, C); word_padding (N, L) -> (N, C, h, w)."""
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        fused = tokens * self.multihead_attn(tokens, words + word_pos, words, word_padding)
+        return fused.transpose(1, 2).reshape(n, c, h, w)
+
+
+def _roberta(cfg: ReferFormerConfig) -> nn.Module:
+    """RoBERTa with the checkpoint's architecture and random weights (the weights come from
+    the converted checkpoint), reading and downloading nothing."""
+    import transformers
+    from transformers import RobertaConfig, RobertaModel
+
+    transformers.logging.set_verbosity_error()
+    t = cfg.text
+    config = RobertaConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                           num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+                           intermediate_size=t.intermediate_size,
+                           max_position_embeddings=t.max_positions,
+                           type_vocab_size=t.type_vocab_size, layer_norm_eps=t.layer_norm_eps,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    return RobertaModel(config)
+
+
+class ReferFormer(nn.Module):
+    """ReferFormer (Wu et al., CVPR 2022) for inference. Parameter names are the official
+    ones except ``backbone.0.`` -> ``backbone.`` and the decoder's duplicate box heads
+    (``rvos.models.referformer.convert``)."""
+
+    def __init__(self, cfg: ReferFormerConfig):
+        super().__init__()
+        if cfg.num_feature_levels != 4:
+            raise ValueError("ReferFormer's cross-modal FPN needs num_feature_levels 4")
+        if cfg.controller_layers < 2:
+            raise ValueError("controller_layers must be at least 2")
+        self.cfg = cfg
+        dim = cfg.hidden_dim
+        self.backbone = build_backbone(cfg.backbone, cfg.dilation)
+        channels = self.backbone.num_channels
+        self.input_proj = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in channels[-3:]]
+            + [nn.Sequential(nn.Conv2d(channels[-1], dim, 3, stride=2, padding=1),
+                             nn.GroupNorm(32, dim))])
+        self.transformer = DeformableTransformer(dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers,
+                                                 cfg.dim_feedforward, cfg.num_feature_levels,
+                                                 cfg.enc_n_points, cfg.dec_n_points)
+        self.query_embed = nn.Embedding(cfg.num_queries, dim)
+        self.class_embed = nn.ModuleList(nn.Linear(dim, cfg.num_classes) for _ in range(cfg.dec_layers))
+        self.bbox_embed = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(cfg.dec_layers))
+        self.text_encoder = _roberta(cfg)
+        self.resizer = FeatureResizer(cfg.text.hidden_size, dim)
+        self.fusion_module = VisionLanguageFusion(dim, cfg.nheads)
+        self.pixel_decoder = CrossModalFPN([channels[0], dim, dim, dim], dim, cfg.mask_dim,
+                                           cfg.dim_feedforward, heads=8)
+        cin = cfg.mask_dim + 2 if cfg.rel_coord else cfg.mask_dim
+        ch = cfg.dynamic_mask_channels
+        num_params = (ch * cin + ch * ch * (cfg.controller_layers - 2) + ch
+                      + ch * (cfg.controller_layers - 1) + 1)
+        self.controller = MLP(dim, dim, num_params, 3)
+        self._tokenizer = None
+        self._positions: dict[tuple[int, int], Tensor] = {}
+
+    # ---- text
+    def tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Sentences -> (input_ids (K, L), attention_mask (K, L)) as the official code
+        tokenizes them (padding to the longest, no truncation)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_roberta_tokenizer(self.cfg.text.tokenizer)
+        tokens = self._tokenizer(texts, padding="longest", return_tensors="pt")
+        return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> words (K, L, C), their sine encoding (K, L, C), padding (K, L) bool, and the
+        sentence feature (K, C) from RoBERTa's pooler."""
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        words = self.resizer(out.last_hidden_state)
+        padding = attention_mask.ne(1)
+        sentence = self.resizer(out.pooler_output)
+        return words, sine_position_1d(padding, words.shape[-1]), padding, sentence
+
+    def _position(self, h: int, w: int, device: torch.device) -> Tensor:
+        key = (h, w)
+        if key not in self._positions or self._positions[key].device != device:
+            self._positions[key] = sine_position_2d(h, w, self.cfg.hidden_dim, device)
+        return self._positions[key]
+
+    # ---- vision, per chunk of frames
+    def _chunks(self, t: int) -> list[slice]:
+        size = self.cfg.inference.frame_chunk or t
+        return [slice(s, min(s + size, t)) for s in range(0, t, size)]
+
+    def _frames_in(self, frames: Tensor) -> Tensor:
+        if self.cfg.inference.channels_last:
+            return frames.contiguous(memory_format=torch.channels_last)
+        return frames
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                video_of_text: Tensor | None = None) -> ReferFormerPredictions:
+        """frames (V, T, 3, H, W) normalised; token ids and mask (K, L); video_of_text (K,)
+        long (default: sentence k on video k) -> :class:`ReferFormerPredictions`."""
+        v_count, t, _, h, w = frames.shape
+        k_count = input_ids.shape[0]
+        if video_of_text is None:
+            if k_count != v_count:
+                raise ValueError(f"{k_count} sentences for {v_count} videos: pass video_of_text")
+            video_of_text = torch.arange(k_count, device=frames.device)
+        words, word_pos, padding, sentence = self.encode_text(input_ids, attention_mask)
+        results: list[tuple[Tensor, ReferFormerPredictions]] = []
+        for v in range(v_count):
+            texts = (video_of_text == v).nonzero().flatten()
+            if len(texts):
+                results.append((texts, self._predict_video(frames[v], words[texts], word_pos[texts],
+                                                           padding[texts], sentence[texts])))
+        out = [None] * k_count
+        for texts, pred in results:
+            for j, k in enumerate(texts.tolist()):
+                out[k] = (pred.logits[j], pred.boxes[j], pred.masks[j])
+        return ReferFormerPredictions(*(torch.stack(parts) for parts in zip(*out)))
+
+    def _predict_video(self, frames: Tensor, words: Tensor, word_pos: Tensor, padding: Tensor,
+                       sentence: Tensor) -> ReferFormerPredictions:
+        """frames (T, 3, H, W) of one video, k sentences -> predictions (k, T, ...)."""
+        cfg, fpn = self.cfg, self.pixel_decoder
+        t, _, height, width = frames.shape
+        k = words.shape[0]
+        autocast = torch.autocast(frames.device.type, dtype=torch.bfloat16,
+                                  enabled=cfg.inference.bf16)
+        chunks = self._chunks(t)
+        stage: list[dict] = []
+        with autocast:
+            for chunk in chunks:
+                stage.append(self._encode_chunk(self._frames_in(frames[chunk]), words, word_pos,
+                                                padding, sentence))
+            # the FPN's cross-frame self-attention, level by level over the whole clip
+            attended = []
+            for level in range(fpn.levels):
+                qk = torch.cat([s["attn_in"][level][0] for s in stage], 1)
+                val = torch.cat([s["attn_in"][level][1] for s in stage], 1)
+                clips = qk.shape[0]                      # 1 for the text-free stride-4 level
+                out = fpn.attend(level, qk.flatten(0, 1), val.flatten(0, 1), clips)
+                attended.append(out.view(clips, t, *out.shape[1:]))
+            masks = []
+            for chunk, s in zip(chunks, stage):
+                n = chunk.stop - chunk.start
+                laterals = [lat.expand(k, *lat.shape[1:]).flatten(0, 1) for lat in s["laterals"]]
+                att = [a[:, chunk].expand(k, n, *a.shape[2:]).flatten(0, 1) for a in attended]
+                pos = [self._position(*lat.shape[-2:], frames.device) for lat in laterals]
+                rows = torch.arange(k, device=frames.device).repeat_interleave(n)
+                features = fpn.decode(laterals, att, pos, words, word_pos, padding, rows)
+                centres = s["centres"] * torch.tensor([width, height], dtype=torch.float32,
+                                                      device=frames.device)
+                logits = dynamic_mask_logits(features.float(), s["params"].float(), centres,
+                                             cfg.dynamic_mask_channels, cfg.controller_layers,
+                                             cfg.rel_coord)
+                masks.append(logits.view(k, n, *logits.shape[1:]))
+        return ReferFormerPredictions(
+            logits=torch.cat([s["logits"] for s in stage], 1).float(),
+            boxes=torch.cat([s["boxes"] for s in stage], 1).float(),
+            masks=torch.cat(masks, 1))
+
+    def _encode_chunk(self, frames: Tensor, words: Tensor, word_pos: Tensor, padding: Tensor,
+                      sentence: Tensor) -> dict:
+        """Everything per frame up to the FPN's attention, for n frames and k sentences.
+
+        Returns (k, n, ...)-shaped entries: ``logits``, ``boxes``, ``params`` (the dynamic
+        head's weights), ``centres`` (normalised reference points of the masks),
+        ``laterals`` (per FPN level, finest first; the stride-4 one shared by the
+        sentences, (1, n, ...)) and ``attn_in`` (their subsampled attention inputs).
+        """
+        cfg, fpn = self.cfg, self.pixel_decoder
+        n, k = frames.shape[0], words.shape[0]
+        rows = torch.arange(k, device=frames.device).repeat_interleave(n)      # sentence of each row
+        maps = self.backbone(frames, n)
+
+        def per_sentence(x: Tensor) -> Tensor:       # (n, ...) -> (k*n, ...), sentence-major
+            return x[None].expand(k, *x.shape).flatten(0, 1)
+
+        srcs, poses = [], []
+        inputs = maps[-3:] + [maps[-1]]        # the extra stride-64 level is made from res5
+        for level, proj in enumerate(self.input_proj):
+            src = proj(inputs[level])
+            src = per_sentence(src.contiguous())
+            srcs.append(self.fusion_module(src, words[rows], word_pos[rows], padding[rows]))
+            poses.append(self._position(*src.shape[-2:], frames.device))
+        hs, reference0, references, memory = self.transformer(
+            srcs, poses, sentence[rows], self.query_embed.weight,
+            self.bbox_embed if cfg.with_box_refine else None)
+
+        last = cfg.dec_layers - 1
+        reference = references[last - 1] if last > 0 else reference0
+        delta = self.bbox_embed[last](hs)
+        if reference.shape[-1] == 4:
+            boxes = (delta + inverse_sigmoid(reference)).sigmoid()
+        else:
+            boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
+
+        lateral0 = fpn.lateral(0, maps[0].contiguous())
+        laterals = [lateral0[None]]
+        attn_in = [tuple(x[None] for x in fpn.attention_inputs(
+            0, lateral0, self._position(*lateral0.shape[-2:], frames.device)))]
+        for level in (1, 2, 3):
+            lat = fpn.lateral(level, memory[level - 1])
+            laterals.append(lat.view(k, n, *lat.shape[1:]))
+            pos = self._position(*lat.shape[-2:], frames.device)
+            attn_in.append(tuple(x.view(k, n, *x.shape[1:])
+                                 for x in fpn.attention_inputs(level, lat, pos)))
+        return {
+            "logits": self.class_embed[last](hs).view(k, n, *hs.shape[1:2], -1),
+            "boxes": boxes.view(k, n, *boxes.shape[1:]),
+            "params": self.controller(hs),
+            "centres": references[last][..., :2].float(),
+            "laterals": laterals,
+            "attn_in": attn_in,
+        }
+
+    # ---- the rvos model interface (Predictor, evaluation)
+    def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor) -> RVOSOutput:
+        """frames (V, T, 3, H, W), K sentences, clip_index (K,) -> RVOSOutput with
+        mask_logits (K, T, Q, H/4, W/4) and scores (K, T, Q).
+
+        Scores: the class logit with one class (``--binary`` checkpoints). With several
+        classes, the official selection takes the highest class of the time-averaged
+        probabilities, which no per-frame score reproduces; every frame then gets that
+        clip-level probability's logit, so the mean-score selection picks the same query.
+        """
+        input_ids, attention_mask = self.tokenize(texts, frames.device)
+        pred = self.predict(frames, input_ids, attention_mask, clip_index)
+        if pred.logits.shape[-1] == 1:
+            scores = pred.logits[..., 0]
+        else:
+            clip = pred.logits.sigmoid().mean(1).max(-1).values                 # (K, Q)
+            scores = torch.logit(clip, eps=1e-6)[:, None].expand(-1, pred.logits.shape[1], -1)
+        return RVOSOutput(mask_logits=pred.masks, scores=scores, boxes=pred.boxes)
+
+    def prepare_for_inference(self) -> "ReferFormer":
+        """Apply the inference config's layout changes (after the weights are loaded: the
+        folded backbone no longer takes the checkpoint's state dict)."""
+        inf = self.cfg.inference
+        if inf.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
+            self.backbone.fold_frozen_batchnorm()
+        if inf.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        return self.eval()
+
+
+def load_roberta_tokenizer(folder: str):
+    """RoBERTa's tokenizer from ``folder`` (vocab.json + merges.txt, or tokenizer.json) or,
+    when empty, from the Hugging Face cache's roberta-base; never downloads."""
+    from transformers import RobertaTokenizerFast
+
+    source = folder or "roberta-base"
+    try:
+        return RobertaTokenizerFast.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        raise RVOSError(
+            "the RoBERTa tokenizer is not on this machine: download roberta-base's vocab.json "
+            "and merges.txt (huggingface.co/FacebookAI/roberta-base) into a folder and pass "
+            "model.referformer.text.tokenizer=<folder>", folder or None) from None

@@ -1,0 +1,185 @@
+"""ReferFormer's cross-modal FPN (the official ``CrossModalFPNDecoder`` and
+``VisionLanguageBlock``), split so that it runs over chunks of frames.
+
+Each of the four levels (strides 32, 16, 8 from the encoder memory, stride 4 from the
+backbone) goes through a block: self-attention over all T frames of the clip on a map
+subsampled by ``sr_ratio`` (8, 4, 2, 1 from fine to coarse), cross-attention to the words,
+an FFN; then the FPN's top-down sum and a 3x3 conv. Only the self-attention mixes frames, and
+it reads only the subsampled lateral maps, which do not depend on the coarser levels. So the
+work splits into three steps:
+
+1. per chunk of frames, :meth:`CrossModalFPN.lateral` and :meth:`attention_inputs` (small);
+2. once for the whole clip, :meth:`attend` over all frames of each level;
+3. per chunk, :meth:`decode`: everything else, down to the mask features.
+
+Parameter names follow the official module (``adapter_k``, ``layer_k``, ``cross_attn_k``,
+``mask_features``; k = 1 for stride 4 .. 4 for stride 32) so converted weights load as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rvos.models.referformer.layers import Attention
+
+SR_RATIOS = (8, 4, 2, 1)   # self-attention subsampling, stride 4 level first
+
+
+class NormConv(nn.Conv2d):
+    """Conv2d, GroupNorm(8), optional ReLU; keys ``weight`` (``bias``), ``norm.*``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, relu: bool, bias: bool = False):
+        super().__init__(cin, cout, kernel, padding=kernel // 2, bias=bias)
+        self.norm = nn.GroupNorm(8, cout)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(super().forward(x))
+        return F.relu(x) if self.relu else x
+
+
+class CrossModalBlock(nn.Module):
+    """One level's vision-language block (post-norm), in the three steps of the module doc.
+
+    Maps are (N, C, h, w) with N = B * T frames, clip-major; words (B, L, C) with their
+    encoding ``word_pos`` (B, L, C) and padding (B, L) bool.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, sr_ratio: int):
+        super().__init__()
+        self.sr_ratio = sr_ratio
+        self.self_attn = Attention(dim, heads)
+        self.multihead_attn = Attention(dim, heads)
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def _subsample(self, x: Tensor) -> Tensor:
+        if self.sr_ratio == 1:
+            return x
+        h, w = x.shape[-2:]
+        return F.interpolate(x, size=(int(h / self.sr_ratio), int(w / self.sr_ratio)), mode="nearest")
+
+    def attention_inputs(self, lateral: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """lateral (N, C, h, w), pos (C, h, w) -> (queries-and-keys, values), each
+        (N, C, h', w') on the subsampled map."""
+        return self._subsample(lateral + pos), self._subsample(lateral)
+
+    def attend(self, qk: Tensor, v: Tensor, clips: int) -> Tensor:
+        """Self-attention among all frames of each clip: qk, v (B*T, C, h', w') ->
+        (B*T, C, h', w')."""
+        n, c, h, w = v.shape
+        t = n // clips
+
+        def tokens(x: Tensor) -> Tensor:            # (B*T, C, h', w') -> (B, T*h'*w', C)
+            return x.view(clips, t, c, h * w).permute(0, 1, 3, 2).reshape(clips, t * h * w, c)
+
+        qk_tokens = tokens(qk)
+        out = self.self_attn(qk_tokens, qk_tokens, tokens(v))
+        return out.view(clips, t, h * w, c).permute(0, 1, 3, 2).reshape(n, c, h, w)
+
+    def finish(self, lateral: Tensor, attended: Tensor, pos: Tensor, words: Tensor,
+               word_pos: Tensor, word_padding: Tensor, clip_of_frame: Tensor) -> Tensor:
+        """The rest of the block for a chunk of frames: lateral (N, C, h, w), attended
+        (N, C, h', w') from :meth:`attend`, pos (C, h, w); ``clip_of_frame`` (N,) long picks
+        each frame's sentence. -> (N, C, h, w)."""
+        n, c, h, w = lateral.shape
+        if self.sr_ratio > 1:
+            attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
+        x = self.norm1((lateral + attended).flatten(2).transpose(1, 2))           # (N, hw, C)
+        query = x + pos.flatten(1).t()
+        key = (words + word_pos)[clip_of_frame]
+        x = self.norm2(x + self.multihead_attn(query, key, words[clip_of_frame],
+                                               word_padding[clip_of_frame]))
+        x = self.norm3(x + self.linear2(F.relu(self.linear1(x))))
+        return x.transpose(1, 2).reshape(n, c, h, w)
+
+
+class CrossModalFPN(nn.Module):
+    """The four-level cross-modal FPN; see the module doc for the three steps.
+
+    ``in_channels``: channels of the stride-4 backbone map, then of the three memory levels
+    (the model width). Levels are indexed finest first (0 = stride 4) everywhere.
+    """
+
+    def __init__(self, in_channels: list[int], dim: int, mask_dim: int, ffn_dim: int,
+                 heads: int = 8):
+        super().__init__()
+        for k, cin in enumerate(in_channels, start=1):
+            self.add_module(f"adapter_{k}", NormConv(cin, dim, 1, relu=False))
+            self.add_module(f"layer_{k}", NormConv(dim, dim, 3, relu=True))
+            self.add_module(f"cross_attn_{k}", CrossModalBlock(dim, heads, ffn_dim, SR_RATIOS[k - 1]))
+        self.mask_features = nn.Conv2d(dim, mask_dim, 3, padding=1)
+        self.levels = len(in_channels)
+
+    def block(self, level: int) -> CrossModalBlock:
+        return getattr(self, f"cross_attn_{level + 1}")
+
+    def lateral(self, level: int, x: Tensor) -> Tensor:
+        """The level's 1x1 lateral conv + GroupNorm: (N, C_in, h, w) -> (N, C, h, w)."""
+        return getattr(self, f"adapter_{level + 1}")(x)
+
+    def attention_inputs(self, level: int, lateral: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        return self.block(level).attention_inputs(lateral, pos)
+
+    def attend(self, level: int, qk: Tensor, v: Tensor, clips: int) -> Tensor:
+        return self.block(level).attend(qk, v, clips)
+
+    def decode(self, laterals: list[Tensor], attended: list[Tensor], pos: list[Tensor],
+               words: Tensor, word_pos: Tensor, word_padding: Tensor,
+               clip_of_frame: Tensor) -> Tensor:
+        """Top-down pass for a chunk of N frames, lists finest first -> mask features
+        (N, mask_dim, H/4, W/4)."""
+        y = None
+        for level in reversed(range(self.levels)):
+            x = self.block(level).finish(laterals[level], attended[level], pos[level], words,
+                                         word_pos, word_padding, clip_of_frame)
+            if y is not None:
+                x = x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
+            y = getattr(self, f"layer_{level + 1}")(x)
+        return self.mask_features(y)
+
+
+def dynamic_mask_logits(features: Tensor, params: Tensor, centres: Tensor, channels: int,
+                        layers: int, rel_coord: bool, stride: int = 4) -> Tensor:
+    """ReferFormer's dynamic mask head, every query at once.
+
+    features (N, C, h, w) mask features of N frames; params (N, Q, P) each query's generated
+    weights and biases, laid out as the official ``parse_dynamic_params`` reads them (all
+    weights, layer by layer, output channel major, then all biases); centres (N, Q, 2) the
+    query's reference point (x, y) in input pixels. Returns (N, Q, h, w) logits.
+
+    The official code repeats the features Q times and runs grouped 1x1 convolutions; with
+    the first layer's weights split into a feature part and a coordinate part, the feature
+    part is one batched matmul over the shared features, and the coordinate part is separable
+    in x and y. Same sums, without the (N, Q, C + 2, h, w) copy.
+    """
+    n, c, h, w = features.shape
+    q = params.shape[1]
+    cin = c + 2 if rel_coord else c
+    sizes = [channels * cin] + [channels * channels] * (layers - 2) + [channels]
+    biases = [channels] * (layers - 1) + [1]
+    parts = params.split(sizes + biases, dim=-1)
+    weights, bias = parts[:layers], parts[layers:]
+
+    w0 = weights[0].reshape(n, q, channels, cin)
+    x = torch.matmul(w0[..., :c].reshape(n, q * channels, c), features.reshape(n, c, h * w))
+    x = x.view(n, q, channels, h, w)
+    if rel_coord:
+        xs = torch.arange(w, dtype=features.dtype, device=features.device) * stride + stride // 2
+        ys = torch.arange(h, dtype=features.dtype, device=features.device) * stride + stride // 2
+        dx = centres[..., 0, None] - xs                                          # (N, Q, w)
+        dy = centres[..., 1, None] - ys                                          # (N, Q, h)
+        x = x + (w0[..., c, None, None] * dx[:, :, None, None, :]
+                 + w0[..., c + 1, None, None] * dy[:, :, None, :, None])
+    x = x + bias[0].reshape(n, q, channels, 1, 1)
+    x = x.view(n, q, channels, h * w)
+    for i in range(1, layers):
+        x = F.relu(x)
+        out = channels if i < layers - 1 else 1
+        x = torch.matmul(weights[i].reshape(n, q, out, channels), x) + bias[i].reshape(n, q, out, 1)
+    return x.view(n, q, h, w)

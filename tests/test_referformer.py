@@ -1,0 +1,269 @@
+"""The ReferFormer parity family: conversion of official checkpoints, the model's scheduling
+invariants, and `rvos convert` / `rvos predict` with a converted checkpoint.
+
+The official key names and shapes (tests/data/referformer_official_keys.json) were read from
+the official model's ``state_dict()``; the live comparison with the official code is
+benchmarks/referformer_parity.py (and tests/test_referformer_swin.py for the backbones),
+which needs a checkout of wjn922/ReferFormer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rvos.cli import main
+from rvos.errors import RVOSError
+from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
+                                            ReferFormerTextConfig)
+from rvos.models.referformer.convert import config_from_state, convert_state, read_official_checkpoint
+from rvos.models.referformer.model import ReferFormer
+from rvos.models.referformer.pixel_decoder import dynamic_mask_logits
+
+KEYS = json.loads((Path(__file__).parent / "data" / "referformer_official_keys.json").read_text())
+
+
+def official_state(backbone: str) -> dict[str, torch.Tensor]:
+    """A state dict with the official names and shapes (zeros; pages are not touched), plus
+    the buffer older transformers versions saved in released checkpoints."""
+    state = {k: torch.zeros(shape) for k, shape in KEYS["models"][backbone].items()}
+    state["text_encoder.embeddings.position_ids"] = torch.arange(514)[None]
+    return state
+
+
+def expected_state(cfg: ReferFormerConfig) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return ReferFormer(cfg).state_dict()
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "video_swin_t"])
+def test_official_keys_all_map_with_their_shapes(backbone):
+    state = official_state(backbone)
+    cfg = config_from_state(state)
+    assert cfg.backbone == backbone
+    assert (cfg.num_classes, cfg.num_queries, cfg.hidden_dim, cfg.with_box_refine) == (1, 5, 256, True)
+    assert (cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.mask_dim) == (4, 4, 2048, 256)
+    assert (cfg.controller_layers, cfg.dynamic_mask_channels, cfg.rel_coord) == (3, 8, True)
+    assert (cfg.text.vocab_size, cfg.text.num_layers, cfg.text.hidden_size) == (50265, 12, 768)
+    converted = convert_state(state, expected_state(cfg))
+    expected = expected_state(cfg)
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == expected[k].shape for k in expected)
+    # every official key is either mapped or one of the documented drops
+    dropped = {k for k in state if k.startswith("transformer.decoder.bbox_embed.")
+               or k == "text_encoder.embeddings.position_ids"}
+    assert len(converted) == len(state) - len(dropped)
+    assert "backbone.body.patch_embed.proj.weight" in converted or "backbone.body.conv1.weight" in converted
+
+
+def test_architecture_is_read_from_shapes():
+    state = official_state("resnet50")
+    for k in [k for k in state if k.startswith("class_embed.")]:
+        state[k] = torch.zeros((65,) + tuple(state[k].shape[1:]))      # not --binary
+    for k in [k for k in state if k.startswith("transformer.decoder.bbox_embed.")]:
+        del state[k]                                                   # no box refinement
+    cfg = config_from_state(state)
+    assert cfg.num_classes == 65 and not cfg.with_box_refine
+    convert_state(state, expected_state(cfg))
+
+
+def test_bad_checkpoints_name_the_problem():
+    state = official_state("resnet50")
+    cfg = config_from_state(state)
+    expected = expected_state(cfg)
+    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
+    with pytest.raises(RVOSError, match=r"1 keys rvos's ReferFormer does not have .*spectrum_fusion"):
+        convert_state(extra, expected)
+    missing = {k: v for k, v in state.items() if k != "pixel_decoder.layer_1.weight"}
+    with pytest.raises(RVOSError, match=r"1 keys missing: pixel_decoder.layer_1.weight"):
+        convert_state(missing, expected)
+    wrong = dict(state, **{"pixel_decoder.layer_1.weight": torch.zeros(256, 256, 1, 1)})
+    with pytest.raises(RVOSError, match=r"wrong shape: pixel_decoder.layer_1.weight \(256, 256, 1, 1\)"):
+        convert_state(wrong, expected)
+    twin = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
+    with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
+        convert_state(twin, expected)
+    other = {k: v for k, v in state.items() if not k.startswith("query_embed")}
+    with pytest.raises(RVOSError, match="not a ReferFormer-layout checkpoint: it lacks query_embed.weight"):
+        config_from_state(other)
+
+
+def test_official_pickle_is_read_weights_only(tmp_path):
+    """The official training saves args (a Namespace) and the MultiStepLR state (a Counter)
+    beside the weights; both load with weights_only=True. Code objects do not."""
+    state = {"query_embed.weight": torch.ones(5, 4)}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []},
+                "lr_scheduler": {"milestones": collections.Counter({3: 1, 5: 1})},
+                "epoch": 5, "args": argparse.Namespace(backbone="resnet50", lr=1e-4)}, path)
+    assert torch.equal(read_official_checkpoint(path)["query_embed.weight"], state["query_embed.weight"])
+    torch.save({"model": state, "hook": print}, path)      # a callable: refused, nothing runs
+    with pytest.raises(RVOSError, match="cannot read the checkpoint with weights_only=True"):
+        read_official_checkpoint(path)
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(RVOSError, match="junk.pth"):
+        read_official_checkpoint(tmp_path / "junk.pth")
+    with pytest.raises(RVOSError, match="not found"):
+        read_official_checkpoint(tmp_path / "absent.pth")
+
+
+def test_dynamic_head_equals_the_official_grouped_convolutions():
+    """The shared-matmul head computes the official repeat + grouped 1x1 convs."""
+    torch.manual_seed(0)
+    n, q, c, h, w, ch = 2, 3, 6, 5, 7, 4
+    features, centres = torch.randn(n, c, h, w), torch.rand(n, q, 2) * 20
+    sizes = [ch * (c + 2), ch * ch, ch, ch, ch, 1]
+    params = torch.randn(n, q, sum(sizes))
+    got = dynamic_mask_logits(features, params, centres, ch, 3, rel_coord=True)
+
+    xs = torch.arange(w) * 4.0 + 2
+    ys = torch.arange(h) * 4.0 + 2
+    rel = torch.stack((centres[..., 0, None, None] - xs[None, :].expand(h, w),
+                       centres[..., 1, None, None] - ys[:, None].expand(h, w)), 2)   # (n, q, 2, h, w)
+    x = torch.cat((features[:, None].expand(-1, q, -1, -1, -1), rel), 2).reshape(1, -1, h, w)
+    w0, w1, w2, b0, b1, b2 = params.reshape(n * q, -1).split(sizes, 1)
+    x = torch.relu(torch.nn.functional.conv2d(x, w0.reshape(n * q * ch, -1, 1, 1), b0.reshape(-1), groups=n * q))
+    x = torch.relu(torch.nn.functional.conv2d(x, w1.reshape(n * q * ch, -1, 1, 1), b1.reshape(-1), groups=n * q))
+    x = torch.nn.functional.conv2d(x, w2.reshape(n * q, -1, 1, 1), b2.reshape(-1), groups=n * q)
+    assert torch.allclose(got, x.view(n, q, h, w), atol=1e-4, rtol=1e-5)
+
+
+def tiny_config(**inference) -> ReferFormerConfig:
+    return ReferFormerConfig(text=ReferFormerTextConfig(vocab_size=64, hidden_size=64, num_layers=1,
+                                                        num_heads=1, intermediate_size=64),
+                             enc_layers=1, dec_layers=2, dim_feedforward=64, mask_dim=16,
+                             inference=ReferFormerInferenceConfig(**inference))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = ReferFormer(tiny_config(frame_chunk=2, channels_last=False)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if bool((p == p.flatten()[0]).all()):
+                p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def test_chunks_sentences_and_layout_do_not_change_the_outputs(tiny_model):
+    """Frame chunking, several sentences per video, BN folding and channels-last change how
+    the work is scheduled, not what it computes."""
+    torch.manual_seed(1)
+    frames = torch.randn(1, 5, 3, 64, 96)
+    ids = torch.tensor([[0, 5, 7, 9, 2], [0, 11, 2, 1, 1]])
+    mask = (ids != 1).long()
+    mask[0] = 1
+    with torch.no_grad():
+        chunked = tiny_model.predict(frames, ids, mask, torch.tensor([0, 0]))
+        tiny_model.cfg.inference.frame_chunk = 0
+        whole = tiny_model.predict(frames, ids, mask, torch.tensor([0, 0]))
+        one = tiny_model.predict(frames, ids[1:, :3], mask[1:, :3], torch.tensor([0]))
+        tiny_model.cfg.inference.frame_chunk = 2
+    assert chunked.masks.shape == (2, 5, 5, 16, 24)
+    assert chunked.logits.shape == (2, 5, 5, 1) and chunked.boxes.shape == (2, 5, 5, 4)
+    for a, b in ((chunked.logits, whole.logits), (chunked.boxes, whole.boxes), (chunked.masks, whole.masks)):
+        assert torch.allclose(a, b, atol=1e-4)
+    # the padded second sentence alone, unpadded: same result (padding is masked)
+    assert torch.allclose(chunked.masks[1], one.masks[0], atol=1e-4)
+    assert not torch.allclose(chunked.masks[0], chunked.masks[1], atol=1e-3)  # the sentence matters
+
+
+def test_frames_of_the_clip_interact(tiny_model):
+    """The FPN's self-attention spans the clip: changing frame 4 changes frame 0's masks."""
+    torch.manual_seed(2)
+    frames = torch.randn(1, 5, 3, 64, 96)
+    other = frames.clone()
+    other[0, 4] = torch.randn(3, 64, 96)
+    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        a = tiny_model.predict(frames, ids, mask)
+        b = tiny_model.predict(other, ids, mask)
+    assert not torch.allclose(a.masks[0, 0], b.masks[0, 0], atol=1e-5)
+    assert torch.allclose(a.logits[0, 0], b.logits[0, 0], atol=1e-6)   # the decoder is per frame
+
+
+def write_official_checkpoint(path: Path, model: ReferFormer) -> None:
+    """``model``'s weights under the official names, as the official training saves them."""
+    state = {("backbone.0." + k[len("backbone."):] if k.startswith("backbone.") else k): v
+             for k, v in model.state_dict().items()}
+    state.update({f"transformer.decoder.{k}": v for k, v in model.state_dict().items()
+                  if k.startswith("bbox_embed.")})
+    torch.save({"model": state, "epoch": 5, "args": argparse.Namespace(backbone="resnet50")}, path)
+
+
+def byte_level_tokenizer(folder: Path) -> Path:
+    """A real RoBERTa (byte-level BPE) tokenizer with a tiny vocabulary, trained here: the
+    released roberta-base files cannot be downloaded in tests."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(["a red car on the left", "the dog jumping", "a person riding"] * 4,
+                            vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    folder.mkdir()
+    tok.save_model(str(folder))
+    return folder
+
+
+def test_convert_then_predict_a_video(tmp_path, tiny_model):
+    """rvos convert of an official-layout .pth, then rvos predict with the result."""
+    import av
+
+    tokenizer = byte_level_tokenizer(tmp_path / "tokenizer")
+    cfg = tiny_config()
+    cfg.text.vocab_size = 300
+    torch.manual_seed(3)
+    model = ReferFormer(cfg)
+    write_official_checkpoint(tmp_path / "checkpoint.pth", model)
+    assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "rf"),
+                 "--tokenizer", str(tokenizer)]) == 0
+    assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "rf")]) == 2
+
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
+        for i in range(4):
+            img = np.zeros((72, 96, 3), np.uint8)
+            img[:, 10 * i:10 * i + 30] = 200
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(tmp_path / "rf.safetensors"), "--video", str(video),
+                 "--text", "a red car", "--text", "the dog", "--out", str(out), "--no-gif", "--quiet"]) == 0
+    assert len(list((out / "masks" / "0").glob("*.png"))) == 4
+    assert (out / "overlay.mp4").is_file()
+
+    # the converted checkpoint reproduces the source model's outputs
+    from rvos.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(tmp_path / "rf.safetensors", "cpu")
+    assert predictor.short_side == 360 and predictor.window > 10**6   # the official recipe
+    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
+    frames = torch.randn(1, 3, 3, 64, 96)
+    with torch.no_grad():
+        a = model.eval().predict(frames, ids, mask)
+        b = predictor.model.predict(frames, ids, mask)
+    assert torch.allclose(a.masks, b.masks, atol=1e-3) and torch.allclose(a.logits, b.logits, atol=1e-5)
+
+
+def test_missing_tokenizer_is_one_clear_error(tmp_path):
+    from rvos.models.referformer.model import load_roberta_tokenizer
+
+    with pytest.raises(RVOSError, match="model.referformer.text.tokenizer=<folder>"):
+        load_roberta_tokenizer(str(tmp_path / "nowhere"))
+
+
+def test_referformer_configs_do_not_train(tmp_path):
+    config = tmp_path / "rf.yaml"
+    config.write_text("model:\n  kind: referformer\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
