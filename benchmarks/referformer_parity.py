@@ -198,6 +198,7 @@ def worker(args: argparse.Namespace) -> None:
         cfg = checkpoint.config
         model = build_model(cfg, pretrained=False)
         load_weights_into(model, checkpoint, work / "converted")
+        del checkpoint                     # as Predictor.from_checkpoint: weights held once
         model.prepare_for_inference()
         attention = torch.ones_like(ids)
 
@@ -245,11 +246,20 @@ def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
     return json.loads(result.read_text())
 
 
-def compare(work: Path, official: dict, mine: dict) -> dict:
+def compare(work: Path, official: dict, mine: dict) -> tuple[dict, dict]:
+    """(max abs difference per output, agreement of what inference keeps: the query the
+    official recipe selects, and the IoU of the two binary masks of that query (> 0.5))."""
     a = torch.load(work / f"{official['outputs']}.pt")
     b = torch.load(work / f"{mine['outputs']}.pt")
     names = ("pred_logits", "pred_boxes", "pred_masks")
-    return {n: float((x - y).abs().max()) for n, x, y in zip(names, a, b)}
+    diff = {n: float((x - y).abs().max()) for n, x, y in zip(names, a, b)}
+    best_a = a[0][0].sigmoid().mean(0).max(-1).values.argmax()
+    best_b = b[0][0].sigmoid().mean(0).max(-1).values.argmax()
+    mask_a, mask_b = a[2][0][:, best_a] > 0, b[2][0][:, best_a] > 0
+    union = (mask_a | mask_b).sum()
+    iou = float((mask_a & mask_b).sum() / union) if union else 1.0
+    return diff, {"same_query": bool(best_a == best_b), "mask_iou": iou,
+                  "mask_pixels_differing": int((mask_a ^ mask_b).sum())}
 
 
 def main() -> None:
@@ -300,7 +310,7 @@ def main() -> None:
             rows = []
             for o in official_runs:
                 for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
-                    diff = compare(work, o, r)
+                    diff, agreement = compare(work, o, r)
                     exact = r["mode"] == "float32"
                     if exact:
                         ok &= max(diff.values()) < args.tolerance
@@ -309,16 +319,20 @@ def main() -> None:
                                  "rvos_frames_per_s": r["frames_per_s"],
                                  "speedup": r["frames_per_s"] / o["frames_per_s"],
                                  "official_peak_rss_gb": o["peak_rss_gb"],
-                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff})
+                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff,
+                                 "selected_query_agreement": agreement})
         report["backbones"][backbone] = {"convert_s": convert_s, "runs": rows}
         print(f"{'T':>3} {'rvos mode':>9} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} "
-              f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks")
+              f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks   "
+              f"same query, mask IoU")
         for row in rows:
             d = row["max_abs_diff"]
             print(f"{row['frames']:>3} {row['rvos_mode']:>9} {row['official_frames_per_s']:>12.3f} "
                   f"{row['rvos_frames_per_s']:>9.3f} {row['speedup']:>7.2f}x "
                   f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
-                  f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}")
+                  f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
+                  f"{row['selected_query_agreement']['same_query']}, "
+                  f"{row['selected_query_agreement']['mask_iou']:.5f}")
     report["within_tolerance"] = ok
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from rvos.models.deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_direct
+from rvos.models.deform_attn import (MSDeformAttn, ms_deform_attn, ms_deform_attn_direct,
+                                     ms_deform_attn_gather)
 
 SHAPES = [(6, 7), (3, 4), (2, 2)]
 
@@ -73,15 +74,24 @@ def test_direct_path_matches_scalar_formula():
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gather_path_matches_scalar_formula(seed):
+    value, loc, w = random_inputs(seed, spread=0.6)   # many corners outside the maps
+    expected = scalar_reference(value, SHAPES, loc, w)
+    torch.testing.assert_close(ms_deform_attn_gather(value, SHAPES, loc, w).double(), expected,
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_paths_have_the_same_gradients():
     value, loc, w = random_inputs(4)
     grads = []
-    for fn in (ms_deform_attn, ms_deform_attn_direct):
+    for fn in (ms_deform_attn, ms_deform_attn_direct, ms_deform_attn_gather):
         v, l_, a = (t.clone().requires_grad_(True) for t in (value, loc, w))
         (fn(v, SHAPES, l_, a) ** 2).sum().backward()
         grads.append((v.grad, l_.grad, a.grad))
-    for g1, g2 in zip(*grads):
-        torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
+    for other in grads[1:]:
+        for g1, g2 in zip(grads[0], other):
+            torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
 
 
 def test_sampling_at_a_pixel_centre_returns_that_pixel():
@@ -97,6 +107,7 @@ def test_far_outside_samples_give_zero():
     value, loc, w = random_inputs(5)
     loc = loc + 5.0
     assert ms_deform_attn(value, SHAPES, loc, w).abs().max() == 0
+    assert ms_deform_attn_gather(value, SHAPES, loc, w).abs().max() == 0
 
 
 def test_shape_errors_are_clear():
@@ -121,6 +132,8 @@ def test_layer_shapes_and_direct_equivalence(ref_dim):
     out = layer(query, ref, value, SHAPES)
     assert out.shape == (2, 7, 16)
     layer.use_direct = True
+    torch.testing.assert_close(layer(query, ref, value, SHAPES), out, atol=1e-5, rtol=1e-5)
+    layer.use_direct, layer.use_gather = False, True
     torch.testing.assert_close(layer(query, ref, value, SHAPES), out, atol=1e-5, rtol=1e-5)
 
 

@@ -189,6 +189,21 @@ def test_frames_of_the_clip_interact(tiny_model):
     assert torch.allclose(a.logits[0, 0], b.logits[0, 0], atol=1e-6)   # the decoder is per frame
 
 
+def test_video_swin_referformer_runs_prepared():
+    """The Video Swin model: clip-wise backbone, no NHWC layout to apply, chunked decoding."""
+    cfg = tiny_config(frame_chunk=2)
+    cfg.backbone = "video_swin_t"
+    model = ReferFormer(cfg).prepare_for_inference()
+    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
+    frames = torch.randn(1, 5, 3, 64, 96)
+    with torch.no_grad():
+        chunked = model.predict(frames, ids, mask)
+        model.cfg.inference.frame_chunk = 0
+        whole = model.predict(frames, ids, mask)
+    assert chunked.masks.shape == (1, 5, 5, 16, 24) and torch.isfinite(chunked.masks).all()
+    assert torch.allclose(chunked.masks, whole.masks, atol=1e-4)     # the backbone saw the clip
+
+
 def write_official_checkpoint(path: Path, model: ReferFormer) -> None:
     """``model``'s weights under the official names, as the official training saves them."""
     state = {("backbone.0." + k[len("backbone."):] if k.startswith("backbone.") else k): v

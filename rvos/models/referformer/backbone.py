@@ -6,7 +6,8 @@ computes exactly the official ``FrozenBatchNorm2d``: eps 1e-5 inside the rsqrt),
 in ``swin.py`` and ``video_swin.py`` with the same interface.
 
 Every backbone: ``forward(frames (B*T, 3, H, W), num_frames) -> 4 maps (B*T, C_i, H_i, W_i)``,
-``strides`` and ``num_channels``.
+``strides``, ``num_channels``, and ``temporal``: whether it mixes the frames of a clip (then
+it must see the whole clip at once).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ResNetBackbone(nn.Module):
         self.body = ResNetBody(name, dilation)
         self.strides = [4, 8, 16, 16 if dilation else 32]
         self.num_channels = [256, 512, 1024, 2048]
+        self.temporal = False             # frame by frame: may run over chunks of frames
 
     def forward(self, frames: Tensor, num_frames: int) -> list[Tensor]:
         return self.body(frames)
@@ -78,10 +80,11 @@ class ResNetBackbone(nn.Module):
 class SwinFamilyBackbone(nn.Module):
     """A Swin or Video Swin under ``body`` (the official ``backbone.0.body`` keys)."""
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, temporal: bool):
         super().__init__()
         self.body = body
         self.strides, self.num_channels = list(body.strides), list(body.num_channels)
+        self.temporal = temporal          # True: mixes the frames of a clip (Video Swin)
 
     def forward(self, frames: Tensor, num_frames: int) -> list[Tensor]:
         return self.body(frames, num_frames)
@@ -94,9 +97,9 @@ def build_backbone(name: str, dilation: bool = False) -> nn.Module:
     if name.startswith("video_swin"):
         from rvos.models.referformer.video_swin import VideoSwinBackbone
 
-        return SwinFamilyBackbone(VideoSwinBackbone(name))
+        return SwinFamilyBackbone(VideoSwinBackbone(name), temporal=True)
     if name.startswith("swin"):
         from rvos.models.referformer.swin import SwinBackbone
 
-        return SwinFamilyBackbone(SwinBackbone(name))
+        return SwinFamilyBackbone(SwinBackbone(name), temporal=False)
     raise ValueError(f"unknown ReferFormer backbone {name!r}: resnet50, resnet101, swin_*, video_swin_*")

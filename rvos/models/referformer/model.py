@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
-from rvos.models.referformer.backbone import build_backbone
+from rvos.models.referformer.backbone import ResNetBackbone, build_backbone
 from rvos.models.referformer.config import ReferFormerConfig
 from rvos.models.referformer.layers import (MLP, Attention, FeatureResizer, inverse_sigmoid,
                                             sine_position_1d, sine_position_2d)
@@ -149,8 +149,12 @@ class ReferFormer(nn.Module):
         size = self.cfg.inference.frame_chunk or t
         return [slice(s, min(s + size, t)) for s in range(0, t, size)]
 
+    def _channels_last(self) -> bool:
+        """NHWC convolutions: the ResNet backbones (Swin's patch embeddings are not 2-D convs)."""
+        return self.cfg.inference.channels_last and isinstance(self.backbone, ResNetBackbone)
+
     def _frames_in(self, frames: Tensor) -> Tensor:
-        if self.cfg.inference.channels_last:
+        if self._channels_last():
             return frames.contiguous(memory_format=torch.channels_last)
         return frames
 
@@ -189,9 +193,13 @@ class ReferFormer(nn.Module):
         chunks = self._chunks(t)
         stage: list[dict] = []
         with autocast:
+            # a Video Swin mixes the frames of the clip: it sees the whole clip at once
+            clip_maps = self.backbone(frames, t) if self.backbone.temporal else None
             for chunk in chunks:
-                stage.append(self._encode_chunk(self._frames_in(frames[chunk]), words, word_pos,
-                                                padding, sentence))
+                maps = ([m[chunk] for m in clip_maps] if clip_maps is not None
+                        else self.backbone(self._frames_in(frames[chunk]), chunk.stop - chunk.start))
+                stage.append(self._encode_chunk(maps, words, word_pos, padding, sentence))
+            del clip_maps
             # the FPN's cross-frame self-attention, level by level over the whole clip
             attended = []
             for level in range(fpn.levels):
@@ -219,9 +227,10 @@ class ReferFormer(nn.Module):
             boxes=torch.cat([s["boxes"] for s in stage], 1).float(),
             masks=torch.cat(masks, 1))
 
-    def _encode_chunk(self, frames: Tensor, words: Tensor, word_pos: Tensor, padding: Tensor,
-                      sentence: Tensor) -> dict:
-        """Everything per frame up to the FPN's attention, for n frames and k sentences.
+    def _encode_chunk(self, maps: list[Tensor], words: Tensor, word_pos: Tensor,
+                      padding: Tensor, sentence: Tensor) -> dict:
+        """Everything per frame after the backbone up to the FPN's attention, for the four
+        backbone maps (n, C_i, H_i, W_i) of n frames, and k sentences.
 
         Returns (k, n, ...)-shaped entries: ``logits``, ``boxes``, ``params`` (the dynamic
         head's weights), ``centres`` (normalised reference points of the masks),
@@ -229,9 +238,8 @@ class ReferFormer(nn.Module):
         sentences, (1, n, ...)) and ``attn_in`` (their subsampled attention inputs).
         """
         cfg, fpn = self.cfg, self.pixel_decoder
-        n, k = frames.shape[0], words.shape[0]
-        rows = torch.arange(k, device=frames.device).repeat_interleave(n)      # sentence of each row
-        maps = self.backbone(frames, n)
+        n, k, device = maps[0].shape[0], words.shape[0], maps[0].device
+        rows = torch.arange(k, device=device).repeat_interleave(n)      # sentence of each row
 
         def per_sentence(x: Tensor) -> Tensor:       # (n, ...) -> (k*n, ...), sentence-major
             return x[None].expand(k, *x.shape).flatten(0, 1)
@@ -240,9 +248,9 @@ class ReferFormer(nn.Module):
         inputs = maps[-3:] + [maps[-1]]        # the extra stride-64 level is made from res5
         for level, proj in enumerate(self.input_proj):
             src = proj(inputs[level])
-            src = per_sentence(src.contiguous())
+            src = per_sentence(src)
             srcs.append(self.fusion_module(src, words[rows], word_pos[rows], padding[rows]))
-            poses.append(self._position(*src.shape[-2:], frames.device))
+            poses.append(self._position(*src.shape[-2:], device))
         hs, reference0, references, memory = self.transformer(
             srcs, poses, sentence[rows], self.query_embed.weight,
             self.bbox_embed if cfg.with_box_refine else None)
@@ -255,14 +263,14 @@ class ReferFormer(nn.Module):
         else:
             boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
 
-        lateral0 = fpn.lateral(0, maps[0].contiguous())
+        lateral0 = fpn.lateral(0, maps[0])
         laterals = [lateral0[None]]
         attn_in = [tuple(x[None] for x in fpn.attention_inputs(
-            0, lateral0, self._position(*lateral0.shape[-2:], frames.device)))]
+            0, lateral0, self._position(*lateral0.shape[-2:], device)))]
         for level in (1, 2, 3):
             lat = fpn.lateral(level, memory[level - 1])
             laterals.append(lat.view(k, n, *lat.shape[1:]))
-            pos = self._position(*lat.shape[-2:], frames.device)
+            pos = self._position(*lat.shape[-2:], device)
             attn_in.append(tuple(x.view(k, n, *x.shape[1:])
                                  for x in fpn.attention_inputs(level, lat, pos)))
         return {
@@ -299,7 +307,7 @@ class ReferFormer(nn.Module):
         inf = self.cfg.inference
         if inf.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
             self.backbone.fold_frozen_batchnorm()
-        if inf.channels_last:
+        if self._channels_last():
             self.backbone.to(memory_format=torch.channels_last)
         return self.eval()
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from rvos.models.referformer.layers import Attention
 
 SR_RATIOS = (8, 4, 2, 1)   # self-attention subsampling, stride 4 level first
+TOKENS_PER_PASS = 16384    # per-pixel work in passes of about this many tokens (memory)
 
 
 class NormConv(nn.Conv2d):
@@ -88,15 +89,21 @@ class CrossModalBlock(nn.Module):
         (N, C, h', w') from :meth:`attend`, pos (C, h, w); ``clip_of_frame`` (N,) long picks
         each frame's sentence. -> (N, C, h, w)."""
         n, c, h, w = lateral.shape
-        if self.sr_ratio > 1:
-            attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
-        x = self.norm1((lateral + attended).flatten(2).transpose(1, 2))           # (N, hw, C)
-        query = x + pos.flatten(1).t()
-        key = (words + word_pos)[clip_of_frame]
-        x = self.norm2(x + self.multihead_attn(query, key, words[clip_of_frame],
-                                               word_padding[clip_of_frame]))
-        x = self.norm3(x + self.linear2(F.relu(self.linear1(x))))
-        return x.transpose(1, 2).reshape(n, c, h, w)
+        frames = max(1, TOKENS_PER_PASS // (h * w))
+        out = torch.empty_like(lateral)
+        pos = pos.flatten(1).t()
+        for s in range(0, n, frames):
+            rows = slice(s, min(s + frames, n))
+            up = attended[rows]
+            if self.sr_ratio > 1:
+                up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
+            x = self.norm1((lateral[rows] + up).flatten(2).transpose(1, 2))      # (n', hw, C)
+            text = clip_of_frame[rows]
+            x = self.norm2(x + self.multihead_attn(x + pos, (words + word_pos)[text], words[text],
+                                                   word_padding[text]))
+            x = self.norm3(x + self.linear2(F.relu(self.linear1(x), inplace=True)))
+            out[rows] = x.transpose(1, 2).reshape(-1, c, h, w)
+        return out
 
 
 class CrossModalFPN(nn.Module):

@@ -2,7 +2,9 @@
 with the official ``models/deformable_transformer.py`` for unpadded inputs.
 
 Every frame is its own batch element: the encoder and the decoder never mix frames, which is
-what lets the model run them over chunks of frames. Parameter names are the official ones
+what lets the model run them over chunks of frames. Deformable attention samples through
+``ms_deform_attn_gather`` (the same sums as the official ``grid_sample`` formulation, faster
+on CPU). Parameter names are the official ones
 (``encoder.layers.i.self_attn ...``, ``decoder.layers.i.cross_attn ...``, ``level_embed``,
 ``reference_points``), so a released checkpoint loads without renaming here.
 
@@ -24,7 +26,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, dim: int, ffn_dim: int, levels: int, heads: int, points: int):
         super().__init__()
-        self.self_attn = MSDeformAttn(dim, levels, heads, points)
+        self.self_attn = MSDeformAttn(dim, levels, heads, points, use_gather=True)
         self.norm1 = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
@@ -65,7 +67,7 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, dim: int, ffn_dim: int, levels: int, heads: int, points: int):
         super().__init__()
-        self.cross_attn = MSDeformAttn(dim, levels, heads, points)
+        self.cross_attn = MSDeformAttn(dim, levels, heads, points, use_gather=True)
         self.norm1 = nn.LayerNorm(dim)
         self.self_attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
