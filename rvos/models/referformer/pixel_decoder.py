@@ -153,17 +153,19 @@ class CrossModalFPN(nn.Module):
 
 def dynamic_mask_logits(features: Tensor, params: Tensor, centres: Tensor, channels: int,
                         layers: int, rel_coord: bool, stride: int = 4) -> Tensor:
-    """ReferFormer's dynamic mask head, every query at once.
+    """ReferFormer's dynamic mask head: each query's generated 1x1 convolutions on the mask
+    features (with its relative coordinates appended).
 
     features (N, C, h, w) mask features of N frames; params (N, Q, P) each query's generated
     weights and biases, laid out as the official ``parse_dynamic_params`` reads them (all
     weights, layer by layer, output channel major, then all biases); centres (N, Q, 2) the
     query's reference point (x, y) in input pixels. Returns (N, Q, h, w) logits.
 
-    The official code repeats the features Q times and runs grouped 1x1 convolutions; with
-    the first layer's weights split into a feature part and a coordinate part, the feature
-    part is one batched matmul over the shared features, and the coordinate part is separable
-    in x and y. Same sums, without the (N, Q, C + 2, h, w) copy.
+    Computed as the official code does, as grouped convolutions over the features repeated
+    per query, but one frame at a time (the official repeats them for the whole clip at
+    once). The relative coordinates are in pixels (hundreds), so the first layer sums large
+    terms that cancel: only the official order of summation reproduces its rounding, about
+    1e-4 on logits of magnitude 30, which a matmul formulation would not.
     """
     n, c, h, w = features.shape
     q = params.shape[1]
@@ -172,21 +174,21 @@ def dynamic_mask_logits(features: Tensor, params: Tensor, centres: Tensor, chann
     biases = [channels] * (layers - 1) + [1]
     parts = params.split(sizes + biases, dim=-1)
     weights, bias = parts[:layers], parts[layers:]
-
-    w0 = weights[0].reshape(n, q, channels, cin)
-    x = torch.matmul(w0[..., :c].reshape(n, q * channels, c), features.reshape(n, c, h * w))
-    x = x.view(n, q, channels, h, w)
-    if rel_coord:
-        xs = torch.arange(w, dtype=features.dtype, device=features.device) * stride + stride // 2
-        ys = torch.arange(h, dtype=features.dtype, device=features.device) * stride + stride // 2
-        dx = centres[..., 0, None] - xs                                          # (N, Q, w)
-        dy = centres[..., 1, None] - ys                                          # (N, Q, h)
-        x = x + (w0[..., c, None, None] * dx[:, :, None, None, :]
-                 + w0[..., c + 1, None, None] * dy[:, :, None, :, None])
-    x = x + bias[0].reshape(n, q, channels, 1, 1)
-    x = x.view(n, q, channels, h * w)
-    for i in range(1, layers):
-        x = F.relu(x)
-        out = channels if i < layers - 1 else 1
-        x = torch.matmul(weights[i].reshape(n, q, out, channels), x) + bias[i].reshape(n, q, out, 1)
-    return x.view(n, q, h, w)
+    xs = torch.arange(w, dtype=torch.float32, device=features.device) * stride + stride // 2
+    ys = torch.arange(h, dtype=torch.float32, device=features.device) * stride + stride // 2
+    out = features.new_empty(n, q, h, w)
+    for i in range(n):
+        x = features[i][None].expand(q, c, h, w)
+        if rel_coord:
+            rel = torch.stack((centres[i, :, 0, None, None] - xs.expand(h, w),
+                               centres[i, :, 1, None, None] - ys[:, None].expand(h, w)), 1)
+            x = torch.cat((x, rel.to(x.dtype)), 1)                          # (Q, C + 2, h, w)
+        x = x.reshape(1, q * cin, h, w)
+        for layer in range(layers):
+            out_channels = channels if layer < layers - 1 else 1
+            x = F.conv2d(x, weights[layer][i].reshape(q * out_channels, -1, 1, 1),
+                         bias[layer][i].reshape(-1), groups=q)
+            if layer < layers - 1:
+                x = F.relu(x)
+        out[i] = x.view(q, h, w)
+    return out
