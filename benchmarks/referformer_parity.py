@@ -265,6 +265,8 @@ def compare(work: Path, official: dict, mine: dict) -> tuple[dict, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, help="checkout of wjn922/ReferFormer")
+    parser.add_argument("--official-commit", help="its commit, when the folder is an export "
+                                                  "without .git (read with git otherwise)")
     parser.add_argument("--backbone", nargs="+", default=["resnet50", "video_swin_t"])
     parser.add_argument("--frames", nargs="+", type=int, default=[5, 36])
     parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
@@ -286,10 +288,10 @@ def main() -> None:
         sys.exit(0)
     from rvos.convert import convert_checkpoint
 
-    commit = None
+    commit = args.official_commit
     try:
-        commit = subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        commit = commit or subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
+                                          capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         pass
     report = {"official": str(args.official), "official_commit": commit,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,56 @@ def test_referformer_configs_do_not_train(tmp_path):
     config.write_text("model:\n  kind: referformer\n")
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
+
+
+OFFICIAL = os.environ.get("RVOS_REFERFORMER_OFFICIAL", "")
+
+
+@pytest.mark.skipif(not (Path(OFFICIAL) / "models" / "referformer.py").is_file() or not OFFICIAL,
+                    reason="RVOS_REFERFORMER_OFFICIAL is not set to a ReferFormer checkout "
+                           "(with models/, util/ and opts.py) to compare against")
+def test_live_equivalence_with_the_official_model(tmp_path):
+    """The official ResNet-50 model (random weights) saved in its own format, converted, and
+    run on the same frames and token ids: the same outputs (benchmarks/referformer_parity.py
+    measures the full 360x640 case and the speed)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "referformer_parity.py"
+    code = f"""
+import sys, torch
+sys.argv = [sys.argv[0]]
+sys.path.insert(0, {str(script.parent)!r})
+import referformer_parity as rp
+from pathlib import Path
+build, options = rp.import_official(Path({OFFICIAL!r}))
+torch.manual_seed(0)
+model, _, _ = build(rp.official_options(options, "resnet50"))
+model.eval()
+ids = torch.tensor([rp.SENTENCE_IDS])
+model.tokenizer = rp.FixedTokens(ids)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if "norm" not in name and not name.startswith("text_encoder") and bool((p == p.flatten()[0]).all()):
+            p.add_(torch.randn_like(p) * 0.02)
+torch.save({{"model": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
+frames = rp.make_frames(3, (128, 224))
+torch.save(frames, {str(tmp_path / "frames.pt")!r})
+with torch.no_grad():
+    out = model([frames], ["x"], [{{"size": torch.as_tensor(frames.shape[-2:])}}])
+torch.save([out["pred_logits"], out["pred_boxes"], out["pred_masks"]], {str(tmp_path / "official_out.pt")!r})
+"""
+    # the official code is imported in a child process: its modules stay out of this one
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "rf")]) == 0
+    from rvos.inference import Predictor
+
+    model = Predictor.from_checkpoint(tmp_path / "rf", "cpu").model
+    frames = torch.load(tmp_path / "frames.pt")
+    ids = torch.tensor([[0, 627, 1275, 512, 15, 5, 314, 9, 5, 2170, 2]])
+    with torch.no_grad():
+        pred = model.predict(frames[None], ids, torch.ones_like(ids))
+    logits, boxes, masks = torch.load(tmp_path / "official_out.pt")
+    assert (pred.logits - logits).abs().max() < 1e-4
+    assert (pred.boxes - boxes).abs().max() < 1e-4
+    assert (pred.masks - masks).abs().max() < 1e-4

@@ -1,6 +1,6 @@
 """Building blocks of the ReferFormer parity model: attention with ``nn.MultiheadAttention``'s
-parameters, the official MLP / FeatureResizer / inverse sigmoid, and DETR's sine position
-encodings for unpadded inputs.
+parameters, the official FeatureResizer / inverse sigmoid, and DETR's sine position
+encodings for unpadded inputs (the MLP is the query core's, same keys ``layers.i``).
 
 Inference here never pads (one video, or videos of one size), so every padding mask of the
 official code is all False; the encodings below are the official formulas for that case.
@@ -53,22 +53,6 @@ class Attention(nn.Module):
             mask = ~key_padding[:, None, None, :]                 # True = attend
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(b, lq, c))
-
-
-class MLP(nn.Module):
-    """``num_layers`` linears with ReLU between: (..., in) -> (..., out); keys ``layers.i``."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 class FeatureResizer(nn.Module):

@@ -30,7 +30,8 @@ from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
 from rvos.models.referformer.backbone import ResNetBackbone, build_backbone
 from rvos.models.referformer.config import ReferFormerConfig
-from rvos.models.referformer.layers import (MLP, Attention, FeatureResizer, inverse_sigmoid,
+from rvos.models.query.layers import MLP
+from rvos.models.referformer.layers import (Attention, FeatureResizer, inverse_sigmoid,
                                             sine_position_1d, sine_position_2d)
 from rvos.models.referformer.pixel_decoder import CrossModalFPN, dynamic_mask_logits
 from rvos.models.referformer.transformer import DeformableTransformer

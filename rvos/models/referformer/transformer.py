@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.models.deform_attn import MSDeformAttn, SpatialShapes
+from rvos.models.query.transformer import DeformableEncoder
 from rvos.models.referformer.layers import Attention, inverse_sigmoid
 
 
@@ -36,7 +37,7 @@ class EncoderLayer(nn.Module):
                 spatial_shapes: SpatialShapes) -> Tensor:
         """src, pos (N, S, C); reference (N, S, L, 2) -> (N, S, C)."""
         src = self.norm1(src + self.self_attn(src + pos, reference, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class Encoder(nn.Module):
@@ -44,19 +45,10 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    @staticmethod
-    def reference_points(spatial_shapes: SpatialShapes, device: torch.device) -> Tensor:
-        """Pixel centres of every level, normalised: (S, L, 2) (x, y); valid ratios are 1."""
-        points = []
-        for h, w in spatial_shapes:
-            ys = torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device) / h
-            xs = torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device) / w
-            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-            points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1))
-        return torch.cat(points)[:, None, :].expand(-1, len(spatial_shapes), -1)
-
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: SpatialShapes) -> Tensor:
-        reference = self.reference_points(spatial_shapes, src.device)[None].expand(src.shape[0], -1, -1, -1)
+        # every token's own pixel centre on every level (valid ratios are 1: nothing is padded)
+        reference = DeformableEncoder.reference_points(spatial_shapes, src.device)
+        reference = reference[None].expand(src.shape[0], -1, -1, -1)
         for layer in self.layers:
             src = layer(src, pos, reference, spatial_shapes)
         return src
@@ -81,7 +73,7 @@ class DecoderLayer(nn.Module):
         q = tgt + query_pos
         tgt = self.norm2(tgt + self.self_attn(q, q, tgt))
         tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, reference, memory, spatial_shapes))
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
 
 
 class Decoder(nn.Module):
