@@ -96,6 +96,7 @@ class Predictor:
         load_weights_into(model, checkpoint, path)
         if cfg.model.kind == "referformer":    # a converted release: the official recipe
             recipe = cfg.model.referformer.inference
+            model.load_tokenizer()              # a missing tokenizer fails before any work
             model.prepare_for_inference()
             return cls(model, cfg.data.input_size, window or recipe.clip_frames or WHOLE_VIDEO,
                        resolve_device(device), short_side=recipe.short_side)

@@ -271,11 +271,26 @@ def test_convert_then_predict_a_video(tmp_path, tiny_model):
     assert torch.allclose(a.masks, b.masks, atol=1e-3) and torch.allclose(a.logits, b.logits, atol=1e-5)
 
 
-def test_missing_tokenizer_is_one_clear_error(tmp_path):
-    from rvos.models.referformer.model import load_roberta_tokenizer
+def test_missing_tokenizer_is_one_clear_error(tmp_path, capsys):
+    """Without RoBERTa's tokenizer files, rvos predict stops before writing anything."""
+    cfg = tiny_config()
+    cfg.text.vocab_size = 300
+    write_official_checkpoint(tmp_path / "checkpoint.pth", ReferFormer(cfg))
+    assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "rf"),
+                 "--tokenizer", str(tmp_path / "nowhere")]) == 0
+    video = tmp_path / "frames"
+    video.mkdir()
+    from PIL import Image
 
-    with pytest.raises(RVOSError, match="model.referformer.text.tokenizer=<folder>"):
-        load_roberta_tokenizer(str(tmp_path / "nowhere"))
+    for i in range(2):
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(video / f"{i:05d}.jpg")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "rf"), "--video", str(video),
+                 "--text", "a car", "--out", str(tmp_path / "pred"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model.referformer.text.tokenizer=<folder>" in err and "nowhere" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pred").exists()
 
 
 def test_referformer_configs_do_not_train(tmp_path):

@@ -121,11 +121,15 @@ class ReferFormer(nn.Module):
         self._positions: dict[tuple[int, int], Tensor] = {}
 
     # ---- text
+    def load_tokenizer(self) -> None:
+        """Load RoBERTa's tokenizer now (an RVOSError naming what to supply if it is absent)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_roberta_tokenizer(self.cfg.text.tokenizer)
+
     def tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
         """Sentences -> (input_ids (K, L), attention_mask (K, L)) as the official code
         tokenizes them (padding to the longest, no truncation)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_roberta_tokenizer(self.cfg.text.tokenizer)
+        self.load_tokenizer()
         tokens = self._tokenizer(texts, padding="longest", return_tensors="pt")
         return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
 
