@@ -49,8 +49,21 @@ MLP_ROW_CHUNK = 1 << 16
 SHIFT_MASK_VALUE = -100.0
 
 
+class StageGeometry:
+    """Channels and strides of a Swin's stages: each patch merging halves the size and doubles
+    the channels. Needs ``embed_dim``, ``depths`` and ``spatial_patch``."""
+
+    @property
+    def num_channels(self) -> list[int]:
+        return [self.embed_dim * 2 ** i for i in range(len(self.depths))]
+
+    @property
+    def strides(self) -> list[int]:
+        return [self.spatial_patch * 2 ** i for i in range(len(self.depths))]
+
+
 @dataclass(frozen=True)
-class SwinSettings:
+class SwinSettings(StageGeometry):
     """One image-Swin configuration of ReferFormer's ``configs`` dict.
 
     ``official_name`` is ReferFormer's ``--backbone`` value for it.  Dropout and drop-path rates
@@ -68,12 +81,8 @@ class SwinSettings:
     patch_norm: bool = True
 
     @property
-    def num_channels(self) -> list[int]:
-        return [self.embed_dim * 2 ** i for i in range(len(self.depths))]
-
-    @property
-    def strides(self) -> list[int]:
-        return [self.patch_size * 2 ** i for i in range(len(self.depths))]
+    def spatial_patch(self) -> int:
+        return self.patch_size
 
 
 VARIANTS: dict[str, SwinSettings] = {

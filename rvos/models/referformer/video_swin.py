@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rvos.models.referformer.swin import PatchMerging, SwinBlock, resolve_variant, stage_labels
+from rvos.models.referformer.swin import (PatchMerging, StageGeometry, SwinBlock, resolve_variant,
+                                          stage_labels)
 
 __all__ = ["VideoSwinSettings", "VARIANTS", "VideoSwinBackbone", "fit_window"]
 
 
 @dataclass(frozen=True)
-class VideoSwinSettings:
+class VideoSwinSettings(StageGeometry):
     """One Video-Swin configuration of ReferFormer's ``configs`` dict.
 
     ``official_name`` is ReferFormer's ``--backbone`` value.  Dropout and drop-path rates are not
@@ -51,12 +52,8 @@ class VideoSwinSettings:
     patch_norm: bool = True
 
     @property
-    def num_channels(self) -> list[int]:
-        return [self.embed_dim * 2 ** i for i in range(len(self.depths))]
-
-    @property
-    def strides(self) -> list[int]:
-        return [self.patch_size[-1] * 2 ** i for i in range(len(self.depths))]
+    def spatial_patch(self) -> int:
+        return self.patch_size[-1]
 
 
 VARIANTS: dict[str, VideoSwinSettings] = {
