@@ -263,6 +263,7 @@ def test_convert_then_predict_a_video(tmp_path, tiny_model):
 
     predictor = Predictor.from_checkpoint(tmp_path / "rf.safetensors", "cpu")
     assert predictor.short_side == 360 and predictor.window > 10**6   # the official recipe
+    predictor.model.prepare_for_inference()                           # a second time: no-op
     ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
     frames = torch.randn(1, 3, 3, 64, 96)
     with torch.no_grad():

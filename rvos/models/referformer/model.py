@@ -118,6 +118,7 @@ class ReferFormer(nn.Module):
                       + ch * (cfg.controller_layers - 1) + 1)
         self.controller = MLP(dim, dim, num_params, 3)
         self._tokenizer = None
+        self._prepared = False
         self._positions: dict[tuple[int, int], Tensor] = {}
 
     # ---- text
@@ -308,12 +309,13 @@ class ReferFormer(nn.Module):
 
     def prepare_for_inference(self) -> "ReferFormer":
         """Apply the inference config's layout changes (after the weights are loaded: the
-        folded backbone no longer takes the checkpoint's state dict)."""
-        inf = self.cfg.inference
-        if inf.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
-            self.backbone.fold_frozen_batchnorm()
-        if self._channels_last():
-            self.backbone.to(memory_format=torch.channels_last)
+        folded backbone no longer takes the checkpoint's state dict). Applied once."""
+        if not self._prepared:
+            if self.cfg.inference.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
+                self.backbone.fold_frozen_batchnorm()
+            if self._channels_last():
+                self.backbone.to(memory_format=torch.channels_last)
+            self._prepared = True
         return self.eval()
 
 
