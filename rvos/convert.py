@@ -40,7 +40,8 @@ def convert_checkpoint(official: str | Path, out: str | Path, tokenizer: str = "
         raise RVOSError("the output would overwrite the official checkpoint", target)
     state = read_official_checkpoint(official)
     arch = config_from_state(state, official)
-    arch = dataclasses.replace(arch, text=dataclasses.replace(arch.text, tokenizer=tokenizer))
+    folder = str(Path(tokenizer).expanduser().resolve()) if tokenizer else ""   # cwd-independent
+    arch = dataclasses.replace(arch, text=dataclasses.replace(arch.text, tokenizer=folder))
     cfg = referformer_config(arch)
     with torch.device("meta"):        # shapes only: no random initial weights to draw
         model = ReferFormer(arch)
