@@ -174,6 +174,8 @@ def test_chunks_sentences_and_layout_do_not_change_the_outputs(tiny_model):
     # the padded second sentence alone, unpadded: same result (padding is masked)
     assert torch.allclose(chunked.masks[1], one.masks[0], atol=1e-4)
     assert not torch.allclose(chunked.masks[0], chunked.masks[1], atol=1e-3)  # the sentence matters
+    with pytest.raises(ValueError, match="video_of_text must index the 1 videos"):
+        tiny_model.predict(frames, ids, mask, torch.tensor([0, 1]))
 
 
 def test_frames_of_the_clip_interact(tiny_model):

@@ -38,7 +38,7 @@ class ReferFormerInferenceConfig:
     short_side: int = 360             # frames resized (PIL bilinear) to this shorter side
     clip_frames: int = 0              # frames per clip; 0: the whole video is one clip (official)
     frame_chunk: int = 4              # frames through the per-frame parts at a time (0: all)
-    channels_last: bool = True        # convolutions in NHWC (oneDNN's fast layout on CPU)
+    channels_last: bool = True        # ResNet convolutions in NHWC (oneDNN's fast CPU layout)
     fold_frozen_bn: bool = True       # fold the backbone's frozen BatchNorms into its convs
     bf16: bool = False                # bfloat16 autocast (faster on AVX512-BF16 CPUs, not exact)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.errors import RVOSError
@@ -175,6 +174,8 @@ class ReferFormer(nn.Module):
             if k_count != v_count:
                 raise ValueError(f"{k_count} sentences for {v_count} videos: pass video_of_text")
             video_of_text = torch.arange(k_count, device=frames.device)
+        elif k_count and not 0 <= int(video_of_text.min()) <= int(video_of_text.max()) < v_count:
+            raise ValueError(f"video_of_text must index the {v_count} videos, got {video_of_text.tolist()}")
         words, word_pos, padding, sentence = self.encode_text(input_ids, attention_mask)
         results: list[tuple[Tensor, ReferFormerPredictions]] = []
         for v in range(v_count):

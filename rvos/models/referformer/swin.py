@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rvos.models.referformer.layers import feed_forward
+
 __all__ = [
     "ATTENTION_ELEMENT_BUDGET",
     "SwinSettings",
@@ -40,11 +42,9 @@ __all__ = [
     "resolve_variant",
 ]
 
-# Upper bound on the number of attention logits (windows x heads x N x N) computed at once when
-# ``window_chunk`` is left to choose itself: 2**25 float32 logits = 128 MiB per chunk.
+# Upper bound on the attention mask entries (windows x heads x N x N) made at once when
+# ``window_chunk`` is left to choose itself: 2**25 float32 values = 128 MiB per chunk.
 ATTENTION_ELEMENT_BUDGET = 2 ** 25
-# Rows (tokens) per piece when the MLP runs piecewise; it is row-wise, so pieces change nothing.
-MLP_ROW_CHUNK = 1 << 16
 # The additive logit the official shift mask puts between tokens of different regions.
 SHIFT_MASK_VALUE = -100.0
 
@@ -241,22 +241,17 @@ class WindowAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two-layer GELU MLP (``fc1``, ``fc2``) applied token-wise, in row pieces."""
+    """Two-layer GELU MLP (``fc1``, ``fc2``) applied token-wise, in row passes
+    (:func:`~rvos.models.referformer.layers.feed_forward`)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., C) -> (..., C)."""
-        flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] <= MLP_ROW_CHUNK:
-            return self.fc2(self.act(self.fc1(x)))
-        out = torch.cat([self.fc2(self.act(self.fc1(part)))
-                         for part in flat.split(MLP_ROW_CHUNK)])
-        return out.view(x.shape)
+        return feed_forward(x, self.fc1, self.fc2, F.gelu)
 
 
 class SwinBlock(nn.Module):

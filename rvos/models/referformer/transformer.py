@@ -14,7 +14,6 @@ Shapes: N frames, S = sum_l H_l W_l tokens over the L levels, C channels, Q quer
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.models.deform_attn import MSDeformAttn, SpatialShapes
