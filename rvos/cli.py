@@ -241,33 +241,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise RVOSError("rvos evaluate needs --checkpoint (score a model) or --benchmark "
                         "(score prediction folders)")
-    from rvos.data.ytvos import RefYTVOSLayout
     from rvos.engine.checkpoint import load_checkpoint
-    from rvos.engine.evaluator import evaluate_layout, format_table, write_results
+    from rvos.engine.protocols import EvaluationRequest, protocol_module
     from rvos.inference import Predictor
 
-    # staged: earlier results are replaced only as a whole (--overwrite), and a killed run
-    # leaves them untouched, never new masks beside old metrics
-    own = {"metrics.json", "per_expression.csv", "results.txt", "predictions", ".rvos-output"}
-    others = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
-    if overwrite and others and not out.is_symlink():
-        raise RVOSError(f"also holds other results ({', '.join(others[:3])}), which --overwrite "
-                        "would remove; choose another --out", out)
     cfg = load_checkpoint(args.checkpoint).config
     if cfg.model.kind == "fewshot":
         return _evaluate_fewshot(args, cfg, out, overwrite)
+    protocol = protocol_module(args.dataset or cfg.data.format)
+    others = sorted(p.name for p in out.iterdir()
+                    if p.name not in (*protocol.OUTPUTS, ".rvos-output")) if out.is_dir() else []
+    if overwrite and others and not out.is_symlink():
+        raise RVOSError(f"also holds other results ({', '.join(others[:3])}), which --overwrite "
+                        "would remove; choose another --out", out)
+    # staged: earlier results are replaced only as a whole (--overwrite), and a killed run
+    # leaves them untouched, never new masks beside old metrics
     with staged_output(out, overwrite, "evaluate") as stage:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
-        root = Path(args.data or cfg.data.root)
-        results = []
-        for split in args.split:
-            layout = RefYTVOSLayout(root, split)
-            masks_out = stage / "predictions" / split if args.save_masks else None
-            results.append(evaluate_layout(predictor, layout, args.threshold, args.max_samples,
-                                           masks_out, progress=not args.quiet))
-        paths = write_results(results, stage)
-    print(format_table([r.summary() for r in results]))
-    print(f"metrics: {out / paths['json'].name}  per expression: {out / paths['csv'].name}")
+        request = EvaluationRequest(predictor, Path(args.data or cfg.data.root), list(args.split),
+                                    stage, args.threshold, args.max_samples, args.save_masks,
+                                    progress=not args.quiet, options=args)
+        report = protocol.evaluate(request)
+    print(report.table)
+    print("  ".join(f"{name}: {out / path.relative_to(stage)}" for name, path in report.files.items()))
     return 0
 
 
@@ -380,6 +376,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from rvos.engine.protocols import PROTOCOLS
+
     parser = argparse.ArgumentParser(prog="rvos", description="Referring video object segmentation toolkit.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -430,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score a checkpoint on a split, or prediction folders on a benchmark")
     ev.add_argument("--checkpoint", help="checkpoint file (NAME.safetensors, or NAME)")
     ev.add_argument("--data", help="dataset root (default: the checkpoint's data.root)")
+    ev.add_argument("--dataset", choices=sorted(PROTOCOLS),
+                    help="benchmark whose official layout --data holds (default: the "
+                         "checkpoint's data.format)")
     ev.add_argument("--split", nargs="+", default=["test"], help="splits to score")
     ev.add_argument("--out", default="eval", help="folder for metrics.json, per_expression.csv")
     ev.add_argument("--threshold", type=_probability_threshold, default=0.5)

@@ -34,7 +34,9 @@ from rvos.models.referformer.config import ReferFormerConfig
 class DataConfig:
     """Where the data is and how clips are sampled and augmented."""
 
-    root: str = "data/synth"          # dataset root in the Ref-YouTube-VOS layout
+    root: str = "data/synth"          # dataset root, in the layout ``format`` names
+    format: str = "ref-ytvos"         # ref-ytvos (also synthetic, Ref-DAVIS converted) | a2d |
+                                      # jhmdb | mevis | refcoco: the official layout under root
     train_split: str = "train"
     val_split: str = "valid"
     num_frames: int = 4               # T, frames per training clip
@@ -245,10 +247,13 @@ def strides(v: tuple[int, ...]) -> str | None:
 
 
 COUNT, NONNEG = ints(1), ints(0)
+# the official layouts ``data.format`` may name (readers: rvos.data.build.FORMAT_READERS)
+DATA_FORMATS = ("ref-ytvos", "a2d", "jhmdb", "mevis", "refcoco")
 RATE, NONNEG_REAL = reals(0, 1), reals(0)
 POSITIVE_REAL, SHARE = reals(0, lo_open=True), reals(0, 1, lo_open=True, hi_open=True)
 
 RULES: dict[str, Rule] = {
+    "data.format": one_of(*DATA_FORMATS),
     "data.num_frames": COUNT,
     "data.max_frame_stride": COUNT,
     "data.input_size": positive_pair,

@@ -85,7 +85,7 @@ def test_a_spent_time_budget_validates_the_final_weights(tmp_path, synth):
     best = load_checkpoint(run / "checkpoints" / "best").meta
     assert best["step"] == 1
     val_rows = [r for r in (run / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[2] == "val"]
-    assert {r.split(",")[3] for r in val_rows} == {"J", "F", "JF"}
+    assert {r.split(",")[3] for r in val_rows} == {"J", "F", "JF", "object_accuracy"}
 
 
 def test_refuses_to_overwrite_a_run_without_flag(tmp_path, synth, full_run, capsys):

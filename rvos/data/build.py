@@ -1,5 +1,10 @@
 """Datasets from a config: the training set (video, image or joint) and evaluation splits.
 
+``data.format`` names the official layout under ``data.root``. The Ref-YouTube-VOS layout
+(real, synthetic, converted Ref-DAVIS17) is read here; every other format has its reader
+module (:data:`FORMAT_READERS`) with the same two functions, ``build_train_dataset(cfg)``
+and ``verify_validation_split(cfg)``.
+
 Every file a training run will read is checked to exist (a ``stat`` per file, no decoding)
 when the datasets are built, so a damaged dataset stops the run before its first step with
 an error naming the file, not when the broken sample happens to be drawn.
@@ -7,12 +12,28 @@ an error naming the file, not when the broken sample happens to be drawn.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 
 from torch.utils.data import Dataset
 
 from rvos.config import Config
 from rvos.data.ytvos import RefYTVOSLayout, ReferringClipDataset
+
+# data.format -> the module that reads that official layout
+FORMAT_READERS = {
+    "a2d": "rvos.data.a2d",
+    "jhmdb": "rvos.data.jhmdb",
+    "mevis": "rvos.data.mevis",
+    "refcoco": "rvos.data.refcoco",
+}
+
+
+def format_reader(cfg: Config) -> ModuleType | None:
+    """The reader module of ``cfg.data.format``; None for the Ref-YouTube-VOS layout."""
+    name = FORMAT_READERS.get(cfg.data.format)
+    return importlib.import_module(name) if name else None
 
 
 def build_train_dataset(cfg: Config) -> Dataset:
@@ -21,13 +42,17 @@ def build_train_dataset(cfg: Config) -> Dataset:
 
     The frames and masks of every video in use (and every referring image) are checked up
     front; a missing or empty file is an RVOSError naming it."""
+    reader = format_reader(cfg)
     d = cfg.data
-    video = ReferringClipDataset(
-        RefYTVOSLayout(Path(d.root), d.train_split), num_frames=d.num_frames,
-        input_size=d.input_size, train=True, max_frame_stride=d.max_frame_stride,
-        hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter, color_jitter=d.color_jitter,
-        max_samples=d.max_train_samples, seed=cfg.train.seed)
-    video.layout.verify(videos=[v for v, _ in video.items])
+    if reader is not None:
+        video = reader.build_train_dataset(cfg)
+    else:
+        video = ReferringClipDataset(
+            RefYTVOSLayout(Path(d.root), d.train_split), num_frames=d.num_frames,
+            input_size=d.input_size, train=True, max_frame_stride=d.max_frame_stride,
+            hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter, color_jitter=d.color_jitter,
+            max_samples=d.max_train_samples, seed=cfg.train.seed)
+        video.layout.verify(videos=[v for v, _ in video.items])
     if d.joint_image_ratio <= 0:
         return video
     from rvos.data.joint import JointDataset
@@ -46,6 +71,10 @@ def verify_validation_split(cfg: Config) -> None:
     annotations (validation is then skipped); a missing split or file is an RVOSError."""
     d = cfg.data
     if not cfg.train.eval_every:
+        return
+    reader = format_reader(cfg)
+    if reader is not None:
+        reader.verify_validation_split(cfg)
         return
     layout = RefYTVOSLayout(Path(d.root), d.val_split)
     if not layout.has_annotations:

@@ -46,7 +46,7 @@ from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weigh
                                     save_checkpoint)
 from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
                                  open_training_split, plot_run_curves,
-                                 seed_everything, validation_summary)
+                                 seed_everything, validation_figures, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 from rvos.models.build import build_model
@@ -415,9 +415,7 @@ class GroundingTrainer(StopOnSignal):
         if summary is None:
             return
         overall = summary["overall"]
-        logger.log(self.state.global_step, self.state.epoch, "val",
-                   {"J": overall["J"], "F": overall["F"], "JF": overall["JF"],
-                    "object_accuracy": overall["object_accuracy"]})
+        logger.log(self.state.global_step, self.state.epoch, "val", validation_figures(summary))
         self.state.history.append({"step": self.state.global_step, **overall})
         if overall["JF"] > self.state.best_jf:
             self.state.best_jf = overall["JF"]

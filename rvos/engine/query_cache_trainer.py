@@ -46,7 +46,8 @@ from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weigh
                                     save_checkpoint)
 from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
                                  open_training_split, plot_run_curves,
-                                 rng_states, seed_everything, set_rng_states, validation_summary)
+                                 rng_states, seed_everything, set_rng_states, validation_figures,
+                                 validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 from rvos.losses import weighted_total
@@ -373,9 +374,7 @@ class QueryCacheTrainer(StopOnSignal):
         if summary is None:
             return
         overall, s = summary["overall"], self.state
-        logger.log(s.global_step, s.epoch, "val",
-                   {"J": overall["J"], "F": overall["F"], "JF": overall["JF"],
-                    "object_accuracy": overall.get("object_accuracy", float("nan"))})
+        logger.log(s.global_step, s.epoch, "val", validation_figures(summary))
         s.history.append({"epoch": s.epoch, "step": s.global_step, **overall})
         if overall["JF"] > s.best_jf:
             s.best_jf = overall["JF"]

@@ -35,7 +35,6 @@ from rvos.data.build import build_train_dataset, verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
-from rvos.engine.evaluator import evaluate_layout
 from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
 from rvos.losses import weighted_total
@@ -156,7 +155,12 @@ def set_rng_states(states: dict) -> None:
 
 def open_training_split(cfg: Config) -> RefYTVOSLayout:
     """The training split of ``cfg.data`` for the frozen-feature trainers, verified (and the
-    validation split too, so that a damaged one fails now rather than after training)."""
+    validation split too, so that a damaged one fails now rather than after training). These
+    trainers read the Ref-YouTube-VOS layout only."""
+    if cfg.data.format != "ref-ytvos":
+        raise RVOSError(f"data.format={cfg.data.format}: this trainer (model.kind="
+                        f"{cfg.model.kind}, train.feature_cache={cfg.train.feature_cache}) reads "
+                        "the ref-ytvos layout only; train that benchmark with the clip trainer")
     layout = RefYTVOSLayout(Path(cfg.data.root), cfg.data.train_split)
     if not layout.has_annotations:
         raise RVOSError("the training split has no Annotations folder", layout.split_dir)
@@ -279,8 +283,7 @@ class Trainer(StopOnSignal):
         if summary is None:
             return
         jf = summary["overall"]["JF"]
-        logger.log(self.state.global_step, epoch, "val",
-                   {"J": summary["overall"]["J"], "F": summary["overall"]["F"], "JF": jf})
+        logger.log(self.state.global_step, epoch, "val", validation_figures(summary))
         self.state.history.append({"epoch": epoch, "step": self.state.global_step, **summary["overall"]})
         if jf > self.state.best_jf:
             self.state.best_jf = jf
@@ -382,18 +385,23 @@ class Trainer(StopOnSignal):
 
 def validation_summary(model: nn.Module, cfg: Config, device: torch.device,
                        progress: bool = True) -> dict | None:
-    """The evaluator's summary of ``model`` on ``cfg.data.val_split`` (at most
-    ``data.max_val_samples`` expressions), or None when that split has no annotations; the
-    model is left in training mode."""
-    d = cfg.data
-    layout = RefYTVOSLayout(Path(d.root), d.val_split)
-    if not layout.has_annotations:
-        return None
-    predictor = Predictor(model, d.input_size, cfg.eval.window, device)
-    result = evaluate_layout(predictor, layout, cfg.eval.threshold,
-                             max_samples=d.max_val_samples, progress=progress)
+    """The figures of ``model`` on ``cfg.data.val_split`` (at most ``data.max_val_samples``
+    samples) by the protocol of ``cfg.data.format`` (rvos.engine.protocols), or None when
+    that split cannot be scored; ``summary["overall"]["JF"]`` is the figure best checkpoints
+    are chosen by. The model is left in training mode."""
+    from rvos.engine.protocols import protocol_module
+
+    predictor = Predictor(model, cfg.data.input_size, cfg.eval.window, device)
+    summary = protocol_module(cfg.data.format).validation_summary(predictor, cfg, progress)
     model.train()
-    return result.summary()
+    return summary
+
+
+def validation_figures(summary: dict) -> dict[str, float]:
+    """The figures of a validation summary to log: every number of ``summary["overall"]``
+    but the sample count (J, F, JF, object accuracy, or a benchmark's own figures)."""
+    return {k: float(v) for k, v in summary["overall"].items()
+            if k != "count" and isinstance(v, (int, float))}
 
 
 def plot_run_curves(run_dir: Path) -> None:

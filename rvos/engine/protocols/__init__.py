@@ -1,0 +1,76 @@
+"""``rvos evaluate --checkpoint ... --dataset NAME``: from a benchmark's official files to its
+official figures, or to the submission its server takes.
+
+One module per benchmark (:data:`PROTOCOLS`); each runs the model over the evaluation split
+as that benchmark's papers do and scores the output with ``rvos.metrics``. A module has
+
+* ``OUTPUTS``: the names it may write at the top of the output folder (``--overwrite``
+  replaces a folder only when it holds nothing else);
+* ``evaluate(request: EvaluationRequest) -> ProtocolReport``: writes every file under
+  ``request.stage`` (a staged output folder: earlier results are replaced only as a whole,
+  and only with ``--overwrite``) and returns the table to print;
+* ``validation_summary(predictor, cfg, progress) -> dict | None``: the figures training
+  validation logs, ``{"split": ..., "overall": {"JF": <the figure best checkpoints are
+  chosen by, higher is better>, <other figures>...}}``, None where the split cannot be
+  scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from rvos.errors import RVOSError
+
+if TYPE_CHECKING:                       # the CLI reads PROTOCOLS without importing torch
+    from rvos.inference import Predictor
+
+PROTOCOLS = {
+    "ref-ytvos": "rvos.engine.protocols.ref_ytvos",   # also synthetic and converted sets
+    "ref-davis": "rvos.engine.protocols.ref_davis",
+    "a2d": "rvos.engine.protocols.a2d",
+    "jhmdb": "rvos.engine.protocols.jhmdb",
+    "mevis": "rvos.engine.protocols.mevis",
+    "refcoco": "rvos.engine.protocols.refcoco",
+}
+
+
+@dataclass
+class EvaluationRequest:
+    """What ``rvos evaluate --checkpoint`` asks of a protocol.
+
+    ``options`` is the parsed command line, for a protocol's own options (``--zip``,
+    ``--expressions``...)."""
+
+    predictor: Predictor
+    root: Path                     # the benchmark's official root (--data)
+    splits: list[str]
+    stage: Path                    # staged output folder: write everything under it
+    threshold: float = 0.5
+    max_samples: int = 0           # 0: every sample
+    save_masks: bool = False
+    progress: bool = True
+    options: argparse.Namespace = field(default_factory=argparse.Namespace)
+
+
+@dataclass
+class ProtocolReport:
+    """The table to print, and the files written (name -> path under the stage)."""
+
+    table: str
+    files: dict[str, Path]
+
+
+def protocol_module(name: str) -> ModuleType:
+    if name not in PROTOCOLS:
+        raise RVOSError(f"unknown dataset {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return importlib.import_module(PROTOCOLS[name])
+
+
+def run_protocol(name: str, request: EvaluationRequest) -> ProtocolReport:
+    """Run the protocol of benchmark ``name``."""
+    return protocol_module(name).evaluate(request)
