@@ -234,8 +234,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     overwrite = getattr(args, "overwrite", False)
     check_inputs_outside(out, {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in
-                               ("checkpoint", "data", "pred", "gt", "meta", "mask_dict",
-                                "frame_sizes", "sequences")})
+                               ("checkpoint", "data", "expressions", "pred", "gt", "meta",
+                                "mask_dict", "frame_sizes", "sequences")})
     if args.benchmark:
         return _evaluate_benchmark(args, out, overwrite)
     if not args.checkpoint:
@@ -249,8 +249,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if cfg.model.kind == "fewshot":
         return _evaluate_fewshot(args, cfg, out, overwrite)
     protocol = protocol_module(args.dataset or cfg.data.format)
-    others = sorted(p.name for p in out.iterdir()
-                    if p.name not in (*protocol.OUTPUTS, ".rvos-output")) if out.is_dir() else []
+    owned = (*protocol.OUTPUTS, ".rvos-output", *([args.zip] if getattr(args, "zip", None) else []))
+    others = sorted(p.name for p in out.iterdir() if p.name not in owned) if out.is_dir() else []
     if overwrite and others and not out.is_symlink():
         raise RVOSError(f"also holds other results ({', '.join(others[:3])}), which --overwrite "
                         "would remove; choose another --out", out)
@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=sorted(PROTOCOLS),
                     help="benchmark whose official layout --data holds (default: the "
                          "checkpoint's data.format)")
+    ev.add_argument("--expressions", help="--dataset ref-davis: the folder of the four "
+                                          "Davis17_annot*.txt files, or a meta_expressions.json "
+                                          "(default: davis_text_annotations/ beside DAVIS/)")
     ev.add_argument("--split", nargs="+", default=["test"], help="splits to score")
     ev.add_argument("--out", default="eval", help="folder for metrics.json, per_expression.csv")
     ev.add_argument("--threshold", type=_probability_threshold, default=0.5)
