@@ -49,7 +49,7 @@ DAVIS_TEXT_FILES = (
 # Misspelt sequence names in the official text files (fixed as in ReferFormer).
 _VIDEO_NAME_FIXES = {"clasic-car": "classic-car", "dog-scale": "dogs-scale", "motor-bike": "motorbike"}
 
-_IMAGESET_NAMES = {"valid": "val", "val": "val", "train": "train"}
+IMAGESET_NAMES = {"valid": "val", "val": "val", "train": "train"}
 
 
 def read_davis_text_annotations(path: str | Path) -> dict[str, dict[int, str]]:
@@ -130,7 +130,7 @@ def _entry_obj_ids(entry: dict) -> list[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
-def _read_expressions(expressions: str | Path) -> dict[str, dict[str, dict]]:
+def read_expressions(expressions: str | Path) -> dict[str, dict[str, dict]]:
     """{video: {exp_id: {"exp", "obj_id"}}} from a meta_expressions.json or a folder holding
     the four text files (directly or in ``davis_text_annotations/``)."""
     expressions = Path(expressions).expanduser()
@@ -148,7 +148,7 @@ def _read_expressions(expressions: str | Path) -> dict[str, dict[str, dict]]:
                     "Davis17_annot*.txt files)", expressions)
 
 
-def _davis_base(davis_root: Path) -> Path:
+def davis_base(davis_root: Path) -> Path:
     """The folder holding JPEGImages/ (the root itself, or its DAVIS/ subfolder)."""
     for base in (davis_root, davis_root / "DAVIS"):
         if (base / "JPEGImages").is_dir():
@@ -161,7 +161,7 @@ def _split_videos(base: Path, split: str, expression_videos: list[str], resoluti
     if videos is not None:
         chosen = [check_component(v, "video name (--videos)") for v in videos]
     else:
-        imageset = base / "ImageSets" / "2017" / f"{_IMAGESET_NAMES.get(split, split)}.txt"
+        imageset = base / "ImageSets" / "2017" / f"{IMAGESET_NAMES.get(split, split)}.txt"
         if imageset.is_file():
             listed = [check_component(v.strip(), "video name", imageset)
                       for v in imageset.read_text().splitlines() if v.strip()]
@@ -219,9 +219,9 @@ def convert_davis_to_ytvos(davis_root: str | Path, expressions: str | Path, out_
     Returns the converted split, opened with :class:`RefYTVOSLayout`.
     """
     check_component(split, "split name")
-    base = _davis_base(Path(davis_root).expanduser())
+    base = davis_base(Path(davis_root).expanduser())
     out_split = Path(out_root).expanduser() / split
-    all_expressions = _read_expressions(expressions)
+    all_expressions = read_expressions(expressions)
     chosen = _split_videos(base, split, sorted(all_expressions), resolution, videos)
 
     semantics_path = base / "davis_semantics.json"
