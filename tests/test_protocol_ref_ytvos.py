@@ -138,7 +138,14 @@ def test_bad_inputs_name_the_file(tmp_path, real_meta):
     root = fabricate_valid(tmp_path / "data", real_meta)
     video, frames = VALID_VIDEOS[1], real_meta[VALID_VIDEOS[1]]["frames"]
 
-    corrupt = root / "valid" / "JPEGImages" / video / f"{frames[4]}.jpg"
+    resized = root / "valid" / "JPEGImages" / video / f"{frames[2]}.jpg"
+    Image.fromarray(np.zeros((10, 17, 3), np.uint8)).save(resized)
+    (tmp_path / "o0").mkdir()
+    with pytest.raises(RVOSError, match="differs from 16x10") as e:
+        evaluate(request(root, tmp_path / "o0", PatternPredictor()))
+    assert e.value.path == resized
+
+    corrupt = root / "valid" / "JPEGImages" / video / f"{frames[1]}.jpg"
     corrupt.write_bytes(b"\xff\xd8 not a jpeg")
     (tmp_path / "o1").mkdir()
     with pytest.raises(RVOSError, match="cannot read frame") as e:

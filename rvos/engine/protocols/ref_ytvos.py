@@ -166,9 +166,17 @@ def covered_meta(videos: dict[str, VideoRecord]) -> dict:
 
 def _video_frames(layout: RefYTVOSLayout, video: str,
                   frames: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(frame name, (H, W, 3) uint8) of the listed frames, read one at a time."""
+    """(frame name, (H, W, 3) uint8) of the listed frames, read one at a time; a frame whose
+    size differs from the video's first is an RVOSError naming its file."""
+    first = None
     for name in frames:
-        yield name, layout.load_frames(video, [name])[0]
+        frame = layout.load_frames(video, [name])[0]
+        first = frame.shape if first is None else first
+        if frame.shape != first:
+            raise RVOSError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from "
+                            f"{first[1]}x{first[0]} of the video's first frame",
+                            layout.frame_path(video, name))
+        yield name, frame
 
 
 def segment_video(predictor: Predictor, layout: RefYTVOSLayout, record: VideoRecord,
