@@ -143,7 +143,10 @@ def _sequence_frames(frame_dir: Path, gt_dir: Path) -> tuple[list[str], tuple[in
         raise RVOSError("frame folder not found", frame_dir)
     frames = sorted(p.stem for p in frame_dir.glob("*.jpg"))
     annotated = sorted(p for p in gt_dir.glob("*.png"))
-    missing = [p.stem for p in annotated if p.stem not in set(frames)]
+    if not annotated:
+        raise RVOSError("no annotation PNGs", gt_dir)
+    on_disk = set(frames)
+    missing = [p.stem for p in annotated if p.stem not in on_disk]
     if missing:
         raise RVOSError(f"frame not found ({len(missing)} annotated frame(s) of the sequence have "
                         f"no JPEG)", frame_dir / f"{missing[0]}.jpg")
