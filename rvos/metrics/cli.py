@@ -39,7 +39,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                        help="F tolerance: fraction of the image diagonal (<1) or pixels (>=1)")
     group.add_argument("--strict-ids", action="store_true",
                        help="Ref-DAVIS: also score with fixed ids, no matching (diagnostic)")
-    group.add_argument("--zip", help="Ref-YouTube-VOS: submission zip to write (default: <out>/submission.zip)")
+    group.add_argument("--zip", help="Ref-YouTube-VOS: submission zip to write (with --benchmark: any path, default <out>/submission.zip; with --checkpoint: a file name inside --out)")
     group.add_argument("--frame-sizes", help='Ref-YouTube-VOS: JSON {video: [H, W]} to check mask sizes')
     if not any("--out" in action.option_strings for action in parser._actions):
         group.add_argument("--out", default="eval", help="folder for the JSON and CSV results")
