@@ -1,13 +1,27 @@
 """Loss primitives shared by the model families (each family's criterion lives in its folder).
 
 All per-pixel losses take logits and targets of the same shape (N, ...) and average over
-N and pixels; ``dice_loss`` is computed per mask over its pixels, then averaged.
+N and pixels; ``dice_loss`` is computed per mask over its pixels, then averaged. Frames
+without ground truth (``ClipBatch.labelled`` False) are dropped before a loss sees them
+(:func:`labelled_frames`), so they add neither an "object" nor a "background" target.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def labelled_frames(x: Tensor, labelled: Tensor) -> Tensor:
+    """The frames of ``x`` (B, T, ...) where ``labelled`` (B, T) bool is True, as (N, ...)
+    in (b, t) order: ``x.flatten(0, 1)`` when every frame is labelled."""
+    return x[labelled.to(device=x.device, dtype=torch.bool)]
+
+
+def no_loss(x: Tensor) -> Tensor:
+    """A zero loss still attached to ``x``'s graph (a batch without any labelled frame)."""
+    return x.sum() * 0.0
 
 
 def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:

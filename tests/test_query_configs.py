@@ -71,7 +71,7 @@ DERIVED = {
         "loss.query.cost_mask=2.0", "loss.query.cost_dice=5.0", "optim.accumulate_steps=2",
         "train.out_dir=runs/query_ytvos_video_swin_t"]),
     "query_a2d_video_swin_t": ("query_ytvos_video_swin_t", [
-        "data.root=data/a2d_sentences", "data.val_split=test", "optim.batch_size=2",
+        "data.format=a2d", "data.root=data/a2d_sentences", "data.val_split=test", "optim.batch_size=2",
         "train.out_dir=runs/query_a2d_video_swin_t", "eval.window=5", "eval.split=test"]),
 }
 

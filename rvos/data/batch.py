@@ -35,6 +35,10 @@ class ClipBatch:
     boxes:  (B, T, 4) float32 (cx, cy, w, h) normalised to [0, 1]; zeros where not valid.
     texts:  B sentences (after augmentation, e.g. left/right swapped on a flip).
     meta:   B :class:`ClipMeta`.
+    labelled: (B, T) bool: the frame has ground truth (all True unless given). Datasets that
+            annotate a few frames (A2D-Sentences: one frame per clip) leave the others
+            False; the losses and the matcher then take no supervision from those frames,
+            neither "object" nor "background".
     """
 
     frames: Tensor
@@ -43,6 +47,11 @@ class ClipBatch:
     boxes: Tensor
     texts: list[str]
     meta: list[ClipMeta]
+    labelled: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.labelled is None:
+            self.labelled = torch.ones(self.valid.shape, dtype=torch.bool, device=self.valid.device)
 
     def to(self, device: torch.device | str) -> "ClipBatch":
         return ClipBatch(
@@ -52,6 +61,7 @@ class ClipBatch:
             boxes=self.boxes.to(device, non_blocking=True),
             texts=self.texts,
             meta=self.meta,
+            labelled=self.labelled.to(device, non_blocking=True),
         )
 
     @property
@@ -73,6 +83,11 @@ class ClipSample:
     boxes: Tensor    # (T, 4)
     text: str
     meta: ClipMeta
+    labelled: Tensor | None = None   # (T,) bool; None: every frame labelled
+
+    def __post_init__(self) -> None:
+        if self.labelled is None:
+            self.labelled = torch.ones(self.valid.shape, dtype=torch.bool)
 
 
 def collate_clips(samples: list[ClipSample]) -> ClipBatch:
@@ -86,6 +101,7 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
         boxes=torch.stack([s.boxes for s in samples]),
         texts=[s.text for s in samples],
         meta=[s.meta for s in samples],
+        labelled=torch.stack([s.labelled for s in samples]),
     )
 
 

@@ -44,6 +44,14 @@ def load_coco_gt(path: str | Path) -> COCO:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RVOSError(f"not valid JSON ({e})", path) from None
+    return coco_gt_from_dict(data, path)
+
+
+def coco_gt_from_dict(data: dict, path: str | Path | None = None) -> COCO:
+    """The checked COCO ground truth of a dict in the layout of :func:`load_coco_gt`'s file
+    (``path``: where it came from, for the messages)."""
+    if not isinstance(data, dict):
+        raise RVOSError("not a COCO ground-truth file: expected an object", path)
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise RVOSError(f"not a COCO ground-truth file: no {key!r}", path)
@@ -172,7 +180,11 @@ def evaluate_a2d(gt_path: str | Path, pred_path: str | Path) -> dict:
     """Full A2D/JHMDB-Sentences report: {"top1": P@K and IoUs, "map_all_queries": AP...,
     "map_top1": AP..., "rows": per-sample rows, "num_samples", "num_predictions"}."""
     coco_gt = load_coco_gt(gt_path)
-    predictions = load_predictions(pred_path, coco_gt)
+    return score_a2d(coco_gt, load_predictions(pred_path, coco_gt))
+
+
+def score_a2d(coco_gt: COCO, predictions: list[dict]) -> dict:
+    """:func:`evaluate_a2d` of a loaded ground truth and a checked results list."""
     piou = precision_and_iou(coco_gt, predictions)
     return {
         "num_samples": len(coco_gt.imgs),

@@ -19,6 +19,10 @@ SgMg's coarse masks (``output.extras["sgmg_coarse_logits"]``, when present) add
 ``sgmg_coarse_mask`` and ``sgmg_coarse_dice``: the same two losses of the matched query's
 coarse masks (see rvos/models/query/sgmg.py).
 
+Frames without ground truth (``batch.labelled`` False: A2D-Sentences labels one frame of
+each clip) are left out of every loss and of the matching costs: their scores, boxes and
+masks are not pushed towards the object nor towards the background.
+
 ``weights`` maps every name to its config weight (aux layers reuse the final weights).
 """
 
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.data.batch import ClipBatch
-from rvos.losses import dice_loss, sigmoid_focal_loss
+from rvos.losses import dice_loss, labelled_frames, no_loss, sigmoid_focal_loss
 from rvos.models.query.matcher import ClipMatcher
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.box_ops import cxcywh_to_xyxy, elementwise_generalized_iou
@@ -65,14 +69,19 @@ class QueryCriterion(nn.Module):
         b, t, q = output.scores.shape
         matches = self.matcher(output, batch)
         query = torch.stack([rows[0] for rows, _ in matches]).to(output.scores.device)   # (B,)
-        valid = batch.valid                                                              # (B, T)
+        labelled = batch.labelled.to(device=output.scores.device, dtype=torch.bool)      # (B, T)
+        valid = batch.valid & labelled                                                   # (B, T)
         num_valid = valid.sum().clamp(min=1).float()
 
         scores = output.scores.float()
         target_cls = torch.zeros_like(scores)
         target_cls[torch.arange(b), :, query] = valid.float()
-        loss_class = sigmoid_focal_loss(scores, target_cls, self.focal_alpha,
-                                        self.focal_gamma) * q                 # sum over Q
+        if labelled.any():   # summed over Q, averaged over labelled frames
+            loss_class = sigmoid_focal_loss(labelled_frames(scores, labelled),
+                                            labelled_frames(target_cls, labelled),
+                                            self.focal_alpha, self.focal_gamma) * q
+        else:
+            loss_class = no_loss(scores)
 
         picked = torch.arange(b, device=scores.device)
         losses = {"class": loss_class}
@@ -91,8 +100,14 @@ class QueryCriterion(nn.Module):
         if masks.shape[-2:] != target_masks.shape[-2:]:
             masks = F.interpolate(masks, size=target_masks.shape[-2:], mode="bilinear",
                                   align_corners=False)
-        losses["mask"] = sigmoid_focal_loss(masks, target_masks, self.focal_alpha, self.focal_gamma)
-        losses["dice"] = dice_loss(masks.flatten(0, 1), target_masks.flatten(0, 1))
+        if labelled.any():
+            masks = labelled_frames(masks, labelled)                          # (N, h, w)
+            target_masks = labelled_frames(target_masks, labelled)
+            losses["mask"] = sigmoid_focal_loss(masks, target_masks, self.focal_alpha,
+                                                self.focal_gamma)
+            losses["dice"] = dice_loss(masks, target_masks)
+        else:
+            losses["mask"] = losses["dice"] = no_loss(masks)
         if "contrast" in self.weights:   # SOC
             if "soc_video_embed" not in output.extras:
                 raise ValueError("loss.query.contrast needs a model with SOC's video-level "
@@ -102,7 +117,8 @@ class QueryCriterion(nn.Module):
                 same_referent(batch))
         if "sgmg_coarse_logits" in output.extras:      # SgMg: the coarse masks are supervised too
             coarse = output.extras["sgmg_coarse_logits"][picked, :, query]
-            losses.update(coarse_mask_losses(coarse, batch.masks, self.focal_alpha, self.focal_gamma))
+            losses.update(coarse_mask_losses(coarse, batch.masks, self.focal_alpha, self.focal_gamma,
+                                             labelled))
         return losses
 
     def forward(self, output: RVOSOutput, batch: ClipBatch) -> dict[str, Tensor]:

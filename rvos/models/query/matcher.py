@@ -11,6 +11,8 @@ T, which changes no assignment and keeps the weights independent of T):
     mask   per-pixel focal loss of the query's masks against the object's, all frames
     dice   -Dice coefficient of the query's masks over the clip against the object's
 
+Frames without ground truth (``ClipBatch.labelled`` False) add no cost of any kind.
+
 Only the clip's referred object is a target in rvos (M = 1), but the cost matrix and the
 assignment are written for M objects so that multi-object data fit unchanged.
 """
@@ -82,17 +84,19 @@ def pairwise_dice_coefficient(logits: Tensor, targets: Tensor, eps: float = 1.0)
 
 @dataclass
 class ClipTargets:
-    """The objects of one clip: masks (M, T, H, W), valid (M, T) bool, boxes (M, T, 4)."""
+    """The objects of one clip: masks (M, T, H, W), valid (M, T) bool, boxes (M, T, 4);
+    labelled (T,) bool, the frames with ground truth (None: all)."""
 
     masks: Tensor
     valid: Tensor
     boxes: Tensor
+    labelled: Tensor | None = None
 
 
 def clip_targets(batch: ClipBatch) -> list[ClipTargets]:
     """One :class:`ClipTargets` with the single referred object (M = 1) per clip."""
-    return [ClipTargets(batch.masks[b, None], batch.valid[b, None], batch.boxes[b, None])
-            for b in range(batch.batch_size)]
+    return [ClipTargets(batch.masks[b, None], batch.valid[b, None], batch.boxes[b, None],
+                        batch.labelled[b]) for b in range(batch.batch_size)]
 
 
 class ClipMatcher(nn.Module):
@@ -121,7 +125,9 @@ class ClipMatcher(nn.Module):
         target: M objects. Target masks are area-resized to h x w. Returns (Q, M).
         """
         t, q = scores.shape
-        valid = target.valid.to(scores.dtype)                       # (M, T)
+        labelled = (torch.ones(t, dtype=torch.bool, device=scores.device) if target.labelled is None
+                    else target.labelled.to(device=scores.device, dtype=torch.bool))   # (T,)
+        valid = (target.valid.to(scores.device) & labelled).to(scores.dtype)   # (M, T)
         m = valid.shape[0]
         cost = scores.new_zeros(q, m)
         if self.cost_class:
@@ -138,13 +144,14 @@ class ClipMatcher(nn.Module):
                                                              cxcywh_to_xyxy(tgt[i]))
                                     for i in range(t)])             # (T, Q, M)
                 cost += self.cost_giou * (-giou * valid.T[:, None, :]).sum(0) / t
-        if self.cost_mask or self.cost_dice:
+        if (self.cost_mask or self.cost_dice) and labelled.any():
             h, w = mask_logits.shape[-2:]
             tgt_masks = target.masks.float()
             if tgt_masks.shape[-2:] != (h, w):
                 tgt_masks = F.interpolate(tgt_masks, size=(h, w), mode="area")
-            pred = mask_logits.float().transpose(0, 1).flatten(1)   # (Q, T*h*w)
-            tgt_flat = tgt_masks.flatten(1)                         # (M, T*h*w)
+            # the labelled frames only: T' of T
+            pred = mask_logits[labelled].float().transpose(0, 1).flatten(1)   # (Q, T'*h*w)
+            tgt_flat = tgt_masks[:, labelled].flatten(1)                      # (M, T'*h*w)
             if self.cost_mask:
                 cost += self.cost_mask * pairwise_mask_focal_cost(pred, tgt_flat, self.focal_alpha,
                                                                   self.focal_gamma)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.errors import RVOSError
-from rvos.losses import dice_loss, sigmoid_focal_loss
+from rvos.losses import dice_loss, labelled_frames, no_loss, sigmoid_focal_loss
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.config import QueryModelConfig
 
@@ -234,17 +234,23 @@ class MultiGranularityHead(nn.Module):
 
 
 def coarse_mask_losses(coarse: Tensor, targets: Tensor, focal_alpha: float = 0.25,
-                       focal_gamma: float = 2.0) -> dict[str, Tensor]:
+                       focal_gamma: float = 2.0, labelled: Tensor | None = None) -> dict[str, Tensor]:
     """SgMg's loss of the coarse masks of the matched query.
 
     coarse (B, T, h, w) logits, targets (B, T, H, W) in {0, 1} -> {"sgmg_coarse_mask": focal,
     "sgmg_coarse_dice": 1 - Dice per frame, averaged}. The target is sampled at the coarse
     grid's pixel centres (the official model takes every second pixel from the second one).
+    ``labelled`` (B, T) bool: the frames with ground truth (default: all).
     """
     targets = targets.float()
     if targets.shape[-2:] != coarse.shape[-2:]:
         targets = F.interpolate(targets, size=coarse.shape[-2:], mode="nearest-exact")
     coarse = coarse.float()
+    if labelled is not None:
+        if not labelled.any():
+            zero = no_loss(coarse)
+            return {"sgmg_coarse_mask": zero, "sgmg_coarse_dice": zero}
+        coarse, targets = labelled_frames(coarse, labelled)[None], labelled_frames(targets, labelled)[None]
     return {"sgmg_coarse_mask": sigmoid_focal_loss(coarse, targets, focal_alpha, focal_gamma),
             "sgmg_coarse_dice": dice_loss(coarse.flatten(0, 1), targets.flatten(0, 1))}
 
