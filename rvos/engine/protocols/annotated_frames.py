@@ -71,12 +71,17 @@ class FrameSource(Protocol):
     def read_mask(self, sample) -> np.ndarray: ...     # (H, W) bool
 
 
+# ReferFormer's clip around an annotated frame (``--num_frames`` default 5 in its opts.py,
+# which its A2D script keeps)
+REFERFORMER_CLIP_FRAMES = 5
+
+
 def clip_length(predictor: Predictor) -> int:
     """The clip length: the predictor's window (``--window``, or the checkpoint's
-    ``eval.window``)."""
+    ``eval.window``); a converted ReferFormer checkpoint, which otherwise takes whole
+    videos, gets ReferFormer's 5 frames."""
     if predictor.window >= WHOLE_VIDEO:
-        raise RVOSError("this checkpoint runs whole videos as one clip; A2D/JHMDB-Sentences "
-                        "score a clip around each annotated frame: pass --window N")
+        return REFERFORMER_CLIP_FRAMES
     return predictor.window
 
 
