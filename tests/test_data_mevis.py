@@ -220,3 +220,4 @@ def test_validation_split_checked_only_when_validation_runs(tmp_path):
     verify_validation_split(mevis_config(tmp_path, "train.eval_every=1", "data.max_val_samples=1"))
     make_mevis(tmp_path, "valid", masks=False)
     verify_validation_split(mevis_config(tmp_path, "train.eval_every=1", "data.val_split=valid"))
+
