@@ -118,11 +118,11 @@ def test_valid_gives_the_zip_the_mevis_server_takes(root, checkpoint, tmp_path, 
                                   "--split", "valid", "--out", out], capsys, monkeypatch, BoxPredictor())
     assert code == 0, err
     report = json.loads((out / "mevis.json").read_text())["valid"]
-    assert report["overall"] is None and report["submission"] == "predictions/valid.zip"
+    assert report["overall"] is None and report["submission"] == "submission.zip"
     meta = json.loads((root / "valid" / "meta_expressions.json").read_text())["videos"]
     expected = {f"{v}/{e}/{f}.png" for v, entry in meta.items() for e in entry["expressions"]
                 for f in entry["frames"]}
-    with zipfile.ZipFile(out / "predictions" / "valid.zip") as zf:
+    with zipfile.ZipFile(out / "submission.zip") as zf:
         # video folders at the root of the archive (the official sample_submission_valid.zip)
         assert set(zf.namelist()) == expected
         with zf.open("empty/0/00002.png") as f:
@@ -130,7 +130,14 @@ def test_valid_gives_the_zip_the_mevis_server_takes(root, checkpoint, tmp_path, 
             png.load()
     assert png.mode == "L" and png.size == (28, 20)
     assert set(np.unique(np.asarray(png)).tolist()) == {0, 255}
-    assert "predictions/valid.zip" in stdout
+    assert "submission.zip" in stdout
+    # --zip: another name, inside the output folder
+    code, _, err = evaluate(["--checkpoint", checkpoint, "--dataset", "mevis", "--data", root,
+                             "--split", "valid", "--out", tmp_path / "eval2", "--zip", "mevis_valid.zip"],
+                            capsys, monkeypatch, BoxPredictor())
+    assert code == 0, err
+    assert (tmp_path / "eval2" / "mevis_valid.zip").is_file()
+    assert not (tmp_path / "eval2" / "submission.zip").exists()
 
 
 def test_part_of_valid_gives_masks_but_no_zip(root, checkpoint, tmp_path, capsys, monkeypatch):
@@ -142,7 +149,7 @@ def test_part_of_valid_gives_masks_but_no_zip(root, checkpoint, tmp_path, capsys
     report = json.loads((out / "mevis.json").read_text())["valid"]
     assert report["submission"] is None and "--max-samples" in report["note"]
     assert sorted(p.name for p in (out / "predictions" / "valid" / "cats").iterdir()) == ["0", "1"]
-    assert not (out / "predictions" / "valid.zip").exists()
+    assert not (out / "submission.zip").exists()
 
 
 @pytest.mark.parametrize("damage, named", [

@@ -12,16 +12,18 @@ Every expression of the split is segmented in every frame listed for its video i
   (the masks are scored as they are predicted, frame by frame, so memory does not grow
   with the video; ``rvos evaluate --benchmark mevis`` on the saved masks gives the same
   figures).
-* A split without masks (``valid``, scored by the MeViS evaluation server) gives its
-  submission: ``predictions/<split>/<video>/<exp_id>/<frame>.png`` and
-  ``predictions/<split>.zip``, which holds the video folders at its root, as the official
-  ``sample_submission_valid.zip`` does (MeViS ``README.md``: "directly packages 140 val video
-  folders"). Masks are single-channel PNGs, 0 background and 255 object, as LMPM writes them
-  (``lmpm/evaluation/evaluator.py``). The zip is written only after every listed frame of
-  every expression was checked to be there (:func:`rvos.metrics.ref_ytvos.validate_submission`).
+* A split without masks (``valid``, scored by the MeViS evaluation server; one per run) gives
+  its submission: ``predictions/<split>/<video>/<exp_id>/<frame>.png`` and ``submission.zip``
+  (``--zip NAME``: another name inside the output folder), which holds the video folders at
+  its root, as the official ``sample_submission_valid.zip`` does (MeViS ``README.md``:
+  "directly packages 140 val video folders"). Masks are single-channel PNGs, 0 background
+  and 255 object, as LMPM writes them (``lmpm/evaluation/evaluator.py``). The zip is written
+  only after every listed frame of every expression was checked to be there
+  (:func:`rvos.metrics.ref_ytvos.validate_submission`), and not at all with --max-samples.
 
-Outputs: ``mevis.json`` ({split: figures}), ``mevis_per_expression.csv``, ``results.txt``
-and ``predictions/`` (always for a split without masks, with ``--save-masks`` otherwise).
+Outputs: ``mevis.json`` ({split: figures or submission}), ``mevis_per_expression.csv``,
+``results.txt``, ``predictions/`` (always for a split without masks, with ``--save-masks``
+otherwise) and the zip.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ from rvos.metrics.davis_protocols import load_meta_expressions
 from rvos.metrics.mevis import ExpressionResult, summarize_results
 from rvos.metrics.ref_ytvos import MAX_LISTED_PROBLEMS, validate_submission, write_expression_masks
 from rvos.outputs_dir import write_file_atomic
-from rvos.paths import safe_join, safe_zip_entry
+from rvos.paths import check_component, safe_join, safe_zip_entry
 
-OUTPUTS = ("mevis.json", "mevis_per_expression.csv", "results.txt", "predictions")
+SUBMISSION_ZIP = "submission.zip"
+OUTPUTS = ("mevis.json", "mevis_per_expression.csv", "results.txt", "predictions", SUBMISSION_ZIP)
 # the official splits released with their masks: without mask_dict.json they are damaged,
 # not server splits to write a submission for
 SPLITS_WITH_MASKS = ("train", "valid_u")
@@ -188,6 +191,16 @@ def _score_split(request: EvaluationRequest, layout: MeViSLayout, bound_th: floa
     return figures
 
 
+def zip_name(request: EvaluationRequest) -> str:
+    """``--zip``: a file name inside the output folder (nothing is written outside it)."""
+    name = getattr(request.options, "zip", None) or SUBMISSION_ZIP
+    check_component(name, "--zip (a file name inside --out)")
+    if not name.endswith(".zip"):
+        raise RVOSError(f"--zip {name!r}: give a file name ending in .zip (it is written inside "
+                        "the output folder)")
+    return name
+
+
 def _submit_split(request: EvaluationRequest, layout: MeViSLayout) -> dict:
     samples = first_samples(layout, request.max_samples)
     layout.verify(samples, check_masks=False)
@@ -201,9 +214,9 @@ def _submit_split(request: EvaluationRequest, layout: MeViSLayout) -> dict:
         report["note"] = ("no submission zip: --max-samples covers only part of the split, "
                           "which the server would reject")
         return report
-    zip_path = request.stage / "predictions" / f"{layout.split}.zip"
-    zip_submission(pred_dir, zip_path, layout.meta_expressions_path, run.frame_sizes)
-    report["submission"] = f"predictions/{layout.split}.zip"
+    name = zip_name(request)
+    zip_submission(pred_dir, request.stage / name, layout.meta_expressions_path, run.frame_sizes)
+    report["submission"] = name
     report["png_files"] = sum(len(layout.videos[v].frames) for v, _ in samples)
     return report
 
@@ -242,19 +255,31 @@ def _write_reports(stage: Path, reports: list[dict], csv_rows: list[dict]) -> di
     return paths
 
 
+def _open_split(root: Path, split: str) -> MeViSLayout:
+    """The split's layout, after the checks that need no frame or mask."""
+    layout = MeViSLayout(root, split)
+    if not layout.samples():
+        raise RVOSError("no expressions to evaluate", layout.meta_expressions_path)
+    if split in SPLITS_WITH_MASKS and not layout.has_annotations:
+        raise RVOSError(f"mask_dict.json not found; the MeViS {split} split comes with it "
+                        "(only valid, scored by the server, has none)", layout.mask_dict_path)
+    return layout
+
+
 def evaluate(request: EvaluationRequest) -> ProtocolReport:
     """mevis.json, mevis_per_expression.csv, results.txt and predictions/ (see the module
     docstring) for every split of ``request``."""
     bound_th = getattr(request.options, "bound_th", None) or DEFAULT_BOUND_TH
     reports: list[dict] = []
     csv_rows: list[dict] = []
-    for split in request.splits:
-        layout = MeViSLayout(request.root, split)
-        if not layout.samples():
-            raise RVOSError("no expressions to evaluate", layout.meta_expressions_path)
-        if split in SPLITS_WITH_MASKS and not layout.has_annotations:
-            raise RVOSError(f"mask_dict.json not found; the MeViS {split} split comes with it "
-                            "(only valid, scored by the server, has none)", layout.mask_dict_path)
+    layouts = [_open_split(request.root, split) for split in request.splits]
+    unscored = [layout.split for layout in layouts if not layout.has_annotations]
+    if len(unscored) > 1:
+        raise RVOSError(f"splits {', '.join(unscored)} have no mask_dict.json: each gives its own "
+                        "submission zip, so run them one at a time", request.root)
+    if unscored:
+        zip_name(request)                   # a bad --zip fails before any work
+    for layout in layouts:
         if layout.has_annotations:
             report = _score_split(request, layout, bound_th, csv_rows)
             report.update(threshold=request.threshold, bound_th=bound_th)
