@@ -41,6 +41,8 @@ class DataConfig:
     val_split: str = "valid"
     num_frames: int = 4               # T, frames per training clip
     max_frame_stride: int = 2         # training clips take every k-th frame, k in [1, this]
+    frame_range: int = 8              # MeViS (LMPM's SAMPLING_FRAME_RANGE): a clip's other frames
+                                      # lie within this many frames of its random reference frame
     input_size: tuple[int, int] = (128, 128)   # (H, W) the network sees
     hflip_prob: float = 0.5           # a flip also swaps left/right words in the sentence
     scale_jitter: float = 0.0         # random crop-and-resize with scale in [1 - this, 1]
@@ -256,6 +258,7 @@ RULES: dict[str, Rule] = {
     "data.format": one_of(*DATA_FORMATS),
     "data.num_frames": COUNT,
     "data.max_frame_stride": COUNT,
+    "data.frame_range": COUNT,
     "data.input_size": positive_pair,
     "data.hflip_prob": RATE,
     "data.scale_jitter": reals(0, 1, hi_open=True),

@@ -11,21 +11,22 @@ Ref-DAVIS17::
                                                        (or <root>/<split>/meta_expressions.json)
 
 ``meta_expressions.json`` holds ``{"videos": {vid: {"frames": [...], "expressions":
-{exp_id: {"exp": sentence, "obj_id": "1"}}}}}``; ``obj_id`` may be a list (MeViS: the
-target is the union of the objects, ``anno_id`` accepted in its place), may be absent
-(inference-only splits), and an expression may carry a ``"type"``.
+{exp_id: {"exp": sentence, "obj_id": "1"}}}}}``; ``obj_id`` may be a list (the target is
+the union of the objects, ``anno_id`` accepted in its place), may be absent
+(inference-only splits), and an expression may carry a ``"type"``. MeViS keeps the same
+file but its masks in ``mask_dict.json`` keyed by ``anno_id`` (:mod:`rvos.data.mevis`
+reads it with ``parse_meta_expressions(path, anno_ids=True)``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -38,12 +39,17 @@ from rvos.paths import check_component, file_problem, safe_join
 
 @dataclass
 class ExpressionRecord:
-    """One referring expression of a video; ``obj_ids`` is empty on inference-only splits."""
+    """One referring expression of a video; ``obj_ids`` is empty on inference-only splits.
+
+    ``anno_ids`` (MeViS only): the keys in ``mask_dict.json`` of the referred objects' masks,
+    as strings; None where the file lists none (inference-only splits), [] for an
+    expression that refers to no object."""
 
     exp_id: str
     text: str
     obj_ids: list[int]
     exp_type: str = ""
+    anno_ids: list[str] | None = field(default=None)
 
 
 @dataclass
@@ -74,6 +80,20 @@ def _parse_obj_ids(value: Any, where: str, path: Path) -> list[int]:
     return ids
 
 
+def _parse_anno_ids(value: Any, where: str, path: Path) -> list[str]:
+    """MeViS ``anno_id``: a list of non-negative integers (or their decimal strings), the
+    keys of ``mask_dict.json``; returned as those keys (decimal strings)."""
+    items = value if isinstance(value, list) else [value]
+    ids = []
+    for item in items:
+        text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        if not isinstance(text, str) or not text.isdigit():
+            raise RVOSError(f"{where}: anno_id must be a list of non-negative integers, "
+                            f"got {value!r}", path)
+        ids.append(str(int(text)))
+    return ids
+
+
 def _read_videos_json(path: Path) -> dict:
     """The JSON object of ``path``, which must hold a "videos" mapping (RVOSError naming the
     file otherwise)."""
@@ -88,9 +108,13 @@ def _read_videos_json(path: Path) -> dict:
     return data
 
 
-def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
+def parse_meta_expressions(path: str | Path, anno_ids: bool = False) -> dict[str, VideoRecord]:
     """Read and validate a meta_expressions.json; videos sorted by name, expressions by id.
-    Sentences have their whitespace runs collapsed to single spaces."""
+    Sentences have their whitespace runs collapsed to single spaces.
+
+    With ``anno_ids`` (MeViS), each expression's ``"anno_id"`` list is kept in
+    :attr:`ExpressionRecord.anno_ids` and ``obj_id`` is not read: MeViS numbers its objects
+    from 0 within a video and has no label maps they would index."""
     path = Path(path)
     data = _read_videos_json(path)
     videos: dict[str, VideoRecord] = {}
@@ -122,10 +146,17 @@ def parse_meta_expressions(path: str | Path) -> dict[str, VideoRecord]:
             text = exp["exp"]
             if not isinstance(text, str) or not text.strip():
                 raise RVOSError(f"{where}: empty sentence", path)
-            raw_ids = exp.get("obj_id", exp.get("anno_id"))
-            obj_ids = [] if raw_ids is None else _parse_obj_ids(raw_ids, where, path)
+            if anno_ids:
+                obj_ids = []
+                annos = (None if exp.get("anno_id") is None
+                         else _parse_anno_ids(exp["anno_id"], where, path))
+            else:
+                raw_ids = exp.get("obj_id", exp.get("anno_id"))
+                obj_ids = [] if raw_ids is None else _parse_obj_ids(raw_ids, where, path)
+                annos = None
             expressions[exp_id] = ExpressionRecord(exp_id=exp_id, text=" ".join(text.split()),
-                                                   obj_ids=obj_ids, exp_type=str(exp.get("type", "")))
+                                                   obj_ids=obj_ids, exp_type=str(exp.get("type", "")),
+                                                   anno_ids=annos)
         videos[video] = VideoRecord(video=video, frames=list(frames), expressions=expressions)
     return videos
 
@@ -201,23 +232,7 @@ class RefYTVOSLayout:
 
     def load_frames(self, video: str, frames: list[str]) -> np.ndarray:
         """RGB frames (T, H, W, 3) uint8; all frames must share one size."""
-        out = []
-        for frame in frames:
-            path = self.frame_path(video, frame)
-            if not path.is_file():
-                raise RVOSError("frame not found", path)
-            try:
-                with Image.open(path) as img:
-                    arr = np.asarray(img.convert("RGB"))
-            except Exception as e:
-                raise RVOSError(f"cannot read frame ({type(e).__name__}: {e})", path) from None
-            if out and arr.shape != out[0].shape:
-                raise RVOSError(f"frame size {arr.shape[1]}x{arr.shape[0]} differs from "
-                                f"{out[0].shape[1]}x{out[0].shape[0]} of the video's other frames", path)
-            out.append(arr)
-        if not out:
-            raise ValueError("load_frames needs at least one frame name")
-        return np.stack(out)
+        return read_rgb_frames([self.frame_path(video, frame) for frame in frames])
 
     def load_label_maps(self, video: str, frames: list[str],
                         frame_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -267,20 +282,48 @@ class RefYTVOSLayout:
         Raises :class:`RVOSError` naming the first bad file and how many there are."""
         check_masks = check_masks and self.has_annotations
         names = list(self.videos) if videos is None else list(dict.fromkeys(videos))
-        bad: list[tuple[Path, str]] = []
+        paths = []
         for video in names:
             for frame in self.videos[video].frames:
-                paths = [self.frame_path(video, frame)]
+                paths.append(self.frame_path(video, frame))
                 if check_masks:
                     paths.append(self.mask_path(video, frame))
-                for path in paths:
-                    problem = file_problem(path)
-                    if problem:
-                        bad.append((path, problem))
-        if bad:
-            path, problem = bad[0]
-            raise RVOSError(f"{problem}; {len(bad)} of the files listed in "
-                            f"{self.meta_expressions_path} are missing or empty", path)
+        check_files(paths, self.meta_expressions_path)
+
+
+def read_rgb_frames(paths: list[Path]) -> np.ndarray:
+    """RGB frames (T, H, W, 3) uint8 read from ``paths``; all must share one size (an
+    RVOSError names the first missing, unreadable or odd-sized file)."""
+    out = []
+    for path in paths:
+        if not path.is_file():
+            raise RVOSError("frame not found", path)
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB"))
+        except Exception as e:
+            raise RVOSError(f"cannot read frame ({type(e).__name__}: {e})", path) from None
+        if out and arr.shape != out[0].shape:
+            raise RVOSError(f"frame size {arr.shape[1]}x{arr.shape[0]} differs from "
+                            f"{out[0].shape[1]}x{out[0].shape[0]} of the video's other frames", path)
+        out.append(arr)
+    if not out:
+        raise ValueError("read_rgb_frames needs at least one path")
+    return np.stack(out)
+
+
+def check_files(paths: Iterable[Path], listed_in: Path) -> None:
+    """Each of ``paths`` must be a non-empty file (``stat`` only, no decoding); otherwise an
+    RVOSError names the first bad one and how many of the files ``listed_in`` names are bad."""
+    bad: list[tuple[Path, str]] = []
+    for path in paths:
+        problem = file_problem(path)
+        if problem:
+            bad.append((path, problem))
+    if bad:
+        path, problem = bad[0]
+        raise RVOSError(f"{problem}; {len(bad)} of the files listed in {listed_in} are "
+                        "missing or empty", path)
 
 
 # --------------------------------------------------------------------------- clips
@@ -352,7 +395,7 @@ class ReferringClipDataset(Dataset):
         self.epoch = 0
         self.transform = ClipTransform(input_size, train=train, hflip_prob=hflip_prob,
                                        scale_jitter=scale_jitter, color_jitter=color_jitter)
-        items = layout.samples()
+        items = self.candidate_items()
         if max_samples and max_samples < len(items):
             # Spread over the list, so a capped set still spans many videos.
             keep = np.linspace(0, len(items) - 1, max_samples).round().astype(int)
@@ -372,6 +415,11 @@ class ReferringClipDataset(Dataset):
                    color_jitter=data_cfg.color_jitter if train else 0.0,
                    max_samples=data_cfg.max_train_samples if train else data_cfg.max_val_samples,
                    seed=seed)
+
+    def candidate_items(self) -> list[tuple[str, str]]:
+        """The (video, exp_id) pairs the dataset draws from (before ``max_samples``): every
+        expression of the layout; readers whose official recipe leaves some out override it."""
+        return self.layout.samples()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's clips. Call before building the epoch's DataLoader iterator:
@@ -416,22 +464,33 @@ class ReferringClipDataset(Dataset):
                 anchor = int(visible[rng.integers(len(visible))])
         return sample_clip_indices(n, self.num_frames, self.max_frame_stride, rng, anchor)
 
+    def load_referred_clip(self, video: str, exp: ExpressionRecord,
+                           indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Frames (T, H, W, 3) uint8 at ``indices`` of the video's frame list and the referred
+        object(s)' mask (T, H, W) bool (all False where the split has no annotations)."""
+        frame_names = [self.layout.videos[video].frames[i] for i in indices]
+        images, labels = self.layout.load_clip(video, frame_names)
+        if labels is None:
+            return images, np.zeros(images.shape[:3], dtype=bool)
+        return images, self.layout.referred_mask(labels, exp.obj_ids)
+
+    def referent_ids(self, exp: ExpressionRecord) -> list[int]:
+        """:attr:`ClipMeta.obj_ids` of a sample: ids that tell which sentences share a referent."""
+        return list(exp.obj_ids)
+
     def __getitem__(self, index: int) -> ClipSample:
         video, exp_id = self.items[index]
         rec = self.layout.videos[video]
         exp = rec.expressions[exp_id]
         rng = self.rng_for(index)
-        frame_names = [rec.frames[i] for i in self.clip_indices(index, rng)]
+        indices = self.clip_indices(index, rng)
+        frame_names = [rec.frames[i] for i in indices]
 
-        images, labels = self.layout.load_clip(video, frame_names)
-        if labels is None:
-            referred = np.zeros(images.shape[:3], dtype=bool)
-        else:
-            referred = self.layout.referred_mask(labels, exp.obj_ids)
+        images, referred = self.load_referred_clip(video, exp, indices)
         frames, masks, text, flipped = self.transform(images, referred, exp.text, rng)
         boxes, valid = masks_to_boxes_cxcywh(masks)
         meta = ClipMeta(video=video, exp_id=exp_id, frame_names=frame_names,
                         orig_size=(int(images.shape[1]), int(images.shape[2])),
-                        obj_ids=list(exp.obj_ids), exp_type=exp.exp_type, flipped=flipped)
+                        obj_ids=self.referent_ids(exp), exp_type=exp.exp_type, flipped=flipped)
         return ClipSample(frames=frames, masks=masks, valid=valid, boxes=boxes.float(),
                           text=text, meta=meta)

@@ -139,12 +139,17 @@ def evaluate_mevis(gt_root: str | Path, pred_root: str | Path, meta_path: str | 
                                          tiou, viou))
     if not rows:
         raise RVOSError("no expressions in meta_expressions.json", gt_root)
+    return summarize_results(rows), rows
+
+
+def summarize_results(rows: list[ExpressionResult]) -> dict:
+    """The split's figures from per-expression results, as the official script averages them:
+    J and F are means over expressions, J&F = (J + F) / 2."""
     j_mean = float(np.mean([r.J for r in rows]))
     f_mean = float(np.mean([r.F for r in rows]))
-    summary = {"J&F": (j_mean + f_mean) / 2, "J": j_mean, "F": f_mean,
-               "tIoU": float(np.mean([r.tIoU for r in rows])), "vIoU": float(np.mean([r.vIoU for r in rows])),
-               "num_expressions": len(rows), "missing_videos": sorted({r.video for r in rows if r.missing_video})}
-    return summary, rows
+    return {"J&F": (j_mean + f_mean) / 2, "J": j_mean, "F": f_mean,
+            "tIoU": float(np.mean([r.tIoU for r in rows])), "vIoU": float(np.mean([r.vIoU for r in rows])),
+            "num_expressions": len(rows), "missing_videos": sorted({r.video for r in rows if r.missing_video})}
 
 
 def rows_as_dicts(rows: list[ExpressionResult]) -> list[dict]:
