@@ -65,6 +65,22 @@ class ProtocolReport:
     files: dict[str, Path]
 
 
+SUBMISSION_ZIP = "submission.zip"
+
+
+def submission_zip_name(request: EvaluationRequest) -> str:
+    """``--zip``: the submission zip's file name inside the output folder (nothing is
+    written outside it); ``submission.zip`` by default."""
+    from rvos.paths import check_component
+
+    name = getattr(request.options, "zip", None) or SUBMISSION_ZIP
+    check_component(name, "--zip (a file name inside --out)")
+    if not name.endswith(".zip"):
+        raise RVOSError(f"--zip {name!r}: give a file name ending in .zip (it is written "
+                        "inside the output folder)")
+    return name
+
+
 def protocol_module(name: str) -> ModuleType:
     if name not in PROTOCOLS:
         raise RVOSError(f"unknown dataset {name!r}; choose one of {', '.join(PROTOCOLS)}")

@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from rvos.config import Config
 from rvos.data.mevis import MeViSLayout, first_samples
-from rvos.engine.protocols import EvaluationRequest, ProtocolReport
+from rvos.engine.protocols import (SUBMISSION_ZIP, EvaluationRequest, ProtocolReport,
+                                   submission_zip_name)
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
 from rvos.metrics.consistency import temporal_iou_from_presence
@@ -50,9 +51,8 @@ from rvos.metrics.davis_protocols import load_meta_expressions
 from rvos.metrics.mevis import ExpressionResult, summarize_results
 from rvos.metrics.ref_ytvos import MAX_LISTED_PROBLEMS, validate_submission, write_expression_masks
 from rvos.outputs_dir import write_file_atomic
-from rvos.paths import check_component, safe_join, safe_zip_entry
+from rvos.paths import safe_join, safe_zip_entry
 
-SUBMISSION_ZIP = "submission.zip"
 OUTPUTS = ("mevis.json", "mevis_per_expression.csv", "results.txt", "predictions", SUBMISSION_ZIP)
 # the official splits released with their masks: without mask_dict.json they are damaged,
 # not server splits to write a submission for
@@ -191,16 +191,6 @@ def _score_split(request: EvaluationRequest, layout: MeViSLayout, bound_th: floa
     return figures
 
 
-def zip_name(request: EvaluationRequest) -> str:
-    """``--zip``: a file name inside the output folder (nothing is written outside it)."""
-    name = getattr(request.options, "zip", None) or SUBMISSION_ZIP
-    check_component(name, "--zip (a file name inside --out)")
-    if not name.endswith(".zip"):
-        raise RVOSError(f"--zip {name!r}: give a file name ending in .zip (it is written inside "
-                        "the output folder)")
-    return name
-
-
 def _submit_split(request: EvaluationRequest, layout: MeViSLayout) -> dict:
     samples = first_samples(layout, request.max_samples)
     layout.verify(samples, check_masks=False)
@@ -214,7 +204,7 @@ def _submit_split(request: EvaluationRequest, layout: MeViSLayout) -> dict:
         report["note"] = ("no submission zip: --max-samples covers only part of the split, "
                           "which the server would reject")
         return report
-    name = zip_name(request)
+    name = submission_zip_name(request)
     zip_submission(pred_dir, request.stage / name, layout.meta_expressions_path, run.frame_sizes)
     report["submission"] = name
     report["png_files"] = sum(len(layout.videos[v].frames) for v, _ in samples)
@@ -278,7 +268,7 @@ def evaluate(request: EvaluationRequest) -> ProtocolReport:
         raise RVOSError(f"splits {', '.join(unscored)} have no mask_dict.json: each gives its own "
                         "submission zip, so run them one at a time", request.root)
     if unscored:
-        zip_name(request)                   # a bad --zip fails before any work
+        submission_zip_name(request)                   # a bad --zip fails before any work
     for layout in layouts:
         if layout.has_annotations:
             report = _score_split(request, layout, bound_th, csv_rows)

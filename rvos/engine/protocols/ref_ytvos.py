@@ -33,14 +33,13 @@ from tqdm import tqdm
 from rvos.config import Config
 from rvos.data.ytvos import RefYTVOSLayout, VideoRecord, parse_meta_expressions
 from rvos.engine.evaluator import EvalResult, evaluate_layout, format_table, write_results
-from rvos.engine.protocols import EvaluationRequest, ProtocolReport
+from rvos.engine.protocols import (SUBMISSION_ZIP, EvaluationRequest, ProtocolReport,
+                                   submission_zip_name)
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
 from rvos.metrics.ref_ytvos import submission_stats, write_expression_masks, zip_submission
 from rvos.outputs_dir import write_file_atomic
-from rvos.paths import check_component
 
-SUBMISSION_ZIP = "submission.zip"
 SUBMISSION_REPORT = "submission.json"
 OUTPUTS = ("metrics.json", "per_expression.csv", "results.txt", "predictions",
            SUBMISSION_REPORT, SUBMISSION_ZIP)
@@ -71,7 +70,7 @@ def evaluate(request: EvaluationRequest) -> ProtocolReport:
     if len(unannotated) > 1:
         raise RVOSError(f"splits {', '.join(lay.split for lay in unannotated)} have no annotations: "
                         "each gives its own submission zip, so run them one at a time", request.root)
-    zip_name = _zip_name(request)
+    zip_name = submission_zip_name(request)
     tables, files = [], {}
     scored: list[EvalResult] = []
     for layout in layouts:
@@ -90,16 +89,6 @@ def evaluate(request: EvaluationRequest) -> ProtocolReport:
         if report.zip:
             files["submission"] = request.stage / report.zip
     return ProtocolReport("\n\n".join(tables), files)
-
-
-def _zip_name(request: EvaluationRequest) -> str:
-    """``--zip``: a file name inside the output folder (nothing is written outside it)."""
-    name = getattr(request.options, "zip", None) or SUBMISSION_ZIP
-    check_component(name, "--zip (a file name inside --out)")
-    if not name.endswith(".zip"):
-        raise RVOSError(f"--zip {name!r}: give a file name ending in .zip (it is written "
-                        "inside the output folder)")
-    return name
 
 
 # ----------------------------------------------------------------------------- submission
