@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from rvos.cli import main
-from rvos.config import Config, load_config
+from rvos.config import load_config
 from rvos.engine.checkpoint import save_checkpoint
 
 

@@ -4,7 +4,6 @@ resume -> same weights as an uninterrupted run -> evaluate -> predict (CLI)."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
