@@ -366,7 +366,7 @@ class ReferringImageDataset(Dataset):
         path = self.image_path(expression)
         try:
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
+                return np.array(im.convert("RGB"))          # writable: torch wraps it
         except FileNotFoundError:
             raise RVOSError("COCO image not found", path) from None
         except OSError as e:
