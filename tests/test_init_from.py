@@ -168,3 +168,22 @@ def test_schedule_settings_are_range_checked(override, message):
 def test_step_schedule_is_refused_where_another_trainer_schedules(tmp_path):
     with pytest.raises(RVOSError, match="clip trainer"):
         load_config(None, ["optim.schedule=step", "model.kind=grounding"])
+
+
+def test_the_grounding_trainer_starts_from_weights_too(tmp_path, synth):
+    from rvos.engine.checkpoint import save_checkpoint
+    from rvos.engine.grounding_trainer import GroundingTrainer
+
+    cfg = load_config("configs/grounding_synth.yaml", [f"data.root={synth}", "data.input_size=[32,32]"])
+    source = GroundingTrainer(cfg, tmp_path / "a", progress=False, pretrained=False)
+    with torch.no_grad():
+        for p in source.model.parameters():
+            p.add_(1.0)
+    path = save_checkpoint(tmp_path / "ck" / "grounding", source.model, cfg, {"step": 5})
+    trainer = GroundingTrainer(cfg, tmp_path / "b", progress=False, pretrained=False)
+    trainer.init_from(path)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, source.model.state_dict()[key]), key
+    assert trainer.init_record["step"] == 5 and not trainer.state.done
+    trainer.save("last")
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last").meta["init_from"]["step"] == 5
