@@ -174,8 +174,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "train; train this architecture with model.kind query "
                         "(configs/query_ytvos_*.yaml)", args.config)
     run_dir = Path(args.out or cfg.train.out_dir)
+    if args.init_from and args.resume is not None:
+        raise RVOSError("--init-from starts a new run from another run's weights and --resume "
+                        "continues a run from its own checkpoint: give one of them")
     if args.resume is None:
-        check_inputs_outside(run_dir, {"config": args.config, "data.root": cfg.data.root})
+        check_inputs_outside(run_dir, {"config": args.config, "data.root": cfg.data.root,
+                                       "--init-from": args.init_from})
     # A run folder is written in place (its checkpoints must survive a kill) and marked; a
     # run it replaces (--overwrite) is moved aside once the new run is set up, and removed
     # once the new run has its first checkpoint (restored if it fails before).
@@ -187,12 +191,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rvos.engine.query_cache_trainer import QueryCacheTrainer as Trainer
     else:
         from rvos.engine.trainer import Trainer
-    # resuming: the weights come from the checkpoint, the initial ones are not read
-    trainer = Trainer(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
+    # resuming or --init-from: the weights come from a checkpoint, the initial ones are not read
+    trainer = Trainer(cfg, run_dir, progress=not args.quiet,
+                      pretrained=args.resume is None and not args.init_from)
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed from step {trainer.state.global_step} (epoch {trainer.state.epoch + 1}, "
               f"batch {trainer.state.micro_step})")
+    elif args.init_from:
+        trainer.init_from(args.init_from)
+        print(f"initialised from the weights of {trainer.init_record['checkpoint']} "
+              f"(step {trainer.init_record['step']})")
     with output:
         state = trainer.fit(stop_after_steps=args.stop_after_steps)
     done = getattr(state, "finished", state.epoch >= cfg.train.epochs)
@@ -212,11 +221,15 @@ def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace, output) -> in
     trainer_class = GroundingTrainer
     if cfg.model.kind == "fewshot":
         from rvos.engine.fewshot_trainer import FewShotTrainer as trainer_class
-    # resuming: the weights come from the checkpoint, the initial ones are not read
-    trainer = trainer_class(cfg, run_dir, progress=not args.quiet, pretrained=args.resume is None)
+    # resuming or --init-from: the weights come from a checkpoint, the initial ones are not read
+    trainer = trainer_class(cfg, run_dir, progress=not args.quiet,
+                            pretrained=args.resume is None and not args.init_from)
     if args.resume is not None:
         trainer.resume(args.resume or None)
         print(f"resumed after the stages {trainer.state.done or 'none'}")
+    elif args.init_from:
+        trainer.init_from(args.init_from)
+        print(f"initialised from the weights of {trainer.init_record['checkpoint']}")
     with output:
         state = trainer.fit()
     done = all(s in state.done for s in STAGES)
@@ -419,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: train.out_dir of the config)")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                        help="continue exactly where a run stopped (default: <run>/checkpoints/last)")
+    train.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="start a new run from the weights of another run's checkpoint of "
+                            "the same architecture (e.g. RefCOCO pre-training); its optimizer, "
+                            "schedule and step start fresh")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
     train.add_argument("--stop-after-steps", type=_non_negative, default=0,
                        help="stop (checkpointed) after this many optimizer steps")
@@ -453,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "diagnostics, other: the next novel category's, none: withheld)")
     ev.add_argument("--fewshot-dataset", choices=("synth", "mini-ytvos", "mini-sailvos"),
                     help="few-shot checkpoints: score on another few-shot dataset (with --data)")
+    ev.add_argument("--refcoco-dataset", choices=("refcoco", "refcoco+", "refcocog"),
+                    help="--dataset refcoco: score this one (default: each of refcoco, refcoco+, "
+                         "refcocog found under --data)")
     try:
         from rvos.metrics.cli import add_benchmark_arguments
 

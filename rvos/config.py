@@ -146,9 +146,13 @@ class OptimConfig:
     batch_size: int = 2
     accumulate_steps: int = 4         # optimizer step every this many batches
     clip_grad_norm: float = 1.0       # 0 disables clipping (the norm is logged either way)
+    schedule: str = "cosine_restarts"  # cosine_restarts (sched_t0, sched_t_mult, min_lr) | step
+                                      # (ReferFormer's MultiStepLR: lr_drop_epochs, lr_drop_gamma)
     sched_t0: int = 5                 # CosineAnnealingWarmRestarts, in epochs
     sched_t_mult: int = 2
     min_lr: float = 1e-6
+    lr_drop_epochs: tuple[int, ...] = (6, 8)   # step: x lr_drop_gamma from the start of each
+    lr_drop_gamma: float = 0.1                 # of these (0-based) epochs
     amp: bool = True                  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
 
 
@@ -242,6 +246,12 @@ def device_name(v: str) -> str | None:
     return "must be auto, cpu, cuda or cuda:N"
 
 
+def milestones(v: tuple[int, ...]) -> str | None:
+    if any(m < 1 for m in v) or list(v) != sorted(set(v)):
+        return "must be strictly increasing epochs >= 1 (an empty list: no drop)"
+    return None
+
+
 def strides(v: tuple[int, ...]) -> str | None:
     if not v or any(s not in (4, 8, 16, 32, 64) for s in v) or list(v) != sorted(set(v)):
         return "must be increasing values from 4, 8, 16, 32, 64"
@@ -330,6 +340,9 @@ RULES: dict[str, Rule] = {
     "optim.sched_t0": COUNT,
     "optim.sched_t_mult": COUNT,
     "optim.min_lr": NONNEG_REAL,
+    "optim.schedule": one_of("cosine_restarts", "step"),
+    "optim.lr_drop_epochs": milestones,
+    "optim.lr_drop_gamma": reals(0, 1, lo_open=True),
     "train.epochs": COUNT,
     "train.seed": ints(0, 2**32 - 1),          # numpy seeds are 32-bit and non-negative
     "train.device": device_name,
@@ -420,6 +433,9 @@ def _relations(cfg: Config) -> list[tuple[str, Any, str]]:
         why = feature_cache_problem(cfg)
         if why:
             bad.append(("train.feature_cache", True, why))
+    if cfg.optim.schedule == "step" and (cfg.train.feature_cache or m.kind in ("grounding", "fewshot")):
+        bad.append(("optim.schedule", "step", "applies to the clip trainer (train.feature_cache "
+                    "and the grounding/fewshot trainers schedule their own learning rate)"))
     if cfg.optim.min_lr > cfg.optim.lr:
         bad.append(("optim.min_lr", cfg.optim.min_lr, f"must not exceed optim.lr ({cfg.optim.lr:g})"))
     dense = cfg.loss.baseline

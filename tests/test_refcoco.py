@@ -188,3 +188,147 @@ def test_joint_dataset_edge_ratios():
         JointDataset(video, image, 1.5)
     with pytest.raises(IndexError):
         only_images[3]
+
+
+# ----------------------------------------------------------------------------- per-expression layout
+def refexp_entries(coco, refs, dataset, split):
+    """ReferFormer's tools/data/convert_refexp_to_coco.py scheme: one images entry per
+    sentence (ids from 1), one annotation each, original COCO ids under original_id."""
+    images = {im["id"]: im for im in coco["images"]}
+    anns = {a["id"]: a for a in coco["annotations"]}
+    out = {"info": {}, "licenses": [], "images": [], "annotations": [], "categories": coco["categories"]}
+    n = 0
+    for ref in refs:
+        if ref["split"] != split:
+            continue
+        img, ann = images[ref["image_id"]], anns[ref["ann_id"]]
+        for sentence in ref["sentences"]:
+            n += 1
+            out["images"].append({"file_name": img["file_name"], "height": img["height"],
+                                  "width": img["width"], "original_id": img["id"], "id": n,
+                                  "caption": sentence["sent"], "dataset_name": dataset})
+            out["annotations"].append({"segmentation": ann["segmentation"],
+                                       "area": ann.get("area", 100), "iscrowd": ann["iscrowd"],
+                                       "bbox": ann["bbox"], "image_id": n,
+                                       "category_id": ann["category_id"], "id": n,
+                                       "original_id": ann["id"]})
+    return out
+
+
+def make_refexp_coco(root, dataset="refcoco", splits=("train", "val")):
+    """The layout ReferFormer / SgMg / SOC read: <root>/train2014/ and
+    <root>/<dataset>/instances_<dataset>_<split>.json, made from the refer-layout fixture."""
+    make_refcoco(root / "_refer", dataset, DATASETS_SPLIT_BY[dataset])
+    (root / "_refer" / "images" / "train2014").rename(root / "train2014")
+    coco = json.loads((root / "_refer" / dataset / "instances.json").read_text())
+    refs = pickle.loads((root / "_refer" / dataset / f"refs({DATASETS_SPLIT_BY[dataset]}).p").read_bytes())
+    (root / dataset).mkdir(parents=True)
+    for split in splits:
+        with open(root / dataset / f"instances_{dataset}_{split}.json", "w") as f:
+            json.dump(refexp_entries(coco, refs, dataset, split), f)
+    return root
+
+
+DATASETS_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
+
+
+def test_per_expression_layout_reads_like_the_refer_layout(tmp_path):
+    refer = ReferringImageDataset(make_refcoco(tmp_path / "a"), "refcoco", "train", (32, 32))
+    coco = ReferringImageDataset(make_refexp_coco(tmp_path / "b"), "refcoco", "train", (32, 32))
+    assert refer.layout == "refer toolkit" and coco.layout == "per-expression COCO"
+    assert coco.image_dir == tmp_path / "b" / "train2014"
+    assert [e.text for e in coco.expressions] == [e.text for e in refer.expressions]
+    assert [(e.image_id, e.ann_id, e.file_name) for e in coco.expressions] == \
+        [(e.image_id, e.ann_id, e.file_name) for e in refer.expressions]
+    assert [e.sample_id for e in coco.expressions] == ["1", "2", "3"]
+    for i in range(len(coco)):
+        a, b = refer[i], coco[i]
+        assert torch.equal(a.frames, b.frames) and torch.equal(a.masks, b.masks)
+        assert a.text == b.text and b.meta.video == a.meta.video and b.meta.obj_ids == a.meta.obj_ids
+    val = ReferringImageDataset(tmp_path / "b", "refcoco", "val", (32, 32), train=False)
+    assert [e.text for e in val.expressions] == ["validation only"]
+
+
+def test_both_layouts_side_by_side_use_the_per_expression_file(tmp_path):
+    root = make_refexp_coco(tmp_path)
+    for name in ("refs(unc).p", "instances.json"):     # ReferFormer converts in place
+        (root / "_refer" / "refcoco" / name).rename(root / "refcoco" / name)
+    ds = ReferringImageDataset(root, "refcoco", "val", (16, 16), train=False)
+    assert ds.files.path.name == "instances_refcoco_val.json"
+    assert ReferringImageDataset(root, "refcoco", "val", (16, 16), split_by="unc").layout == "refer toolkit"
+
+
+def test_data_format_refcoco_builds_training_and_checks_validation(tmp_path):
+    from rvos.config import load_config
+    from rvos.data.build import build_train_dataset, verify_validation_split
+
+    root = make_refexp_coco(tmp_path, "refcoco+")
+    cfg = load_config(None, ["data.format=refcoco", f"data.root={root}", "data.refcoco_dataset=refcoco+",
+                             "data.val_split=val", "data.num_frames=1", "data.input_size=[24,24]"])
+    ds = build_train_dataset(cfg)
+    assert len(ds) == 3 and ds[0].frames.shape == (1, 3, 24, 24) and ds.dataset == "refcoco+"
+    verify_validation_split(cfg)
+    (root / "train2014" / "COCO_train2014_000000000002.jpg").unlink()   # the val image
+    with pytest.raises(RVOSError, match="COCO_train2014_000000000002.jpg"):
+        verify_validation_split(cfg)
+    with pytest.raises(RVOSError, match="COCO_train2014_000000000002.jpg"):
+        build_train_dataset(cfg)
+    bad = load_config(None, ["data.format=refcoco", f"data.root={root}", "data.refcoco_dataset=refcoco+"])
+    with pytest.raises(RVOSError, match=r"instances_refcoco\+_valid.json.*refs\(unc\).p"):
+        verify_validation_split(bad)                 # data.val_split left at "valid"
+
+
+def test_neither_layout_names_both(tmp_path):
+    (tmp_path / "refcoco").mkdir()
+    with pytest.raises(RVOSError) as e:
+        ReferringImageDataset(tmp_path, "refcoco", "val")
+    message = str(e.value)
+    assert "instances_refcoco_val.json" in message and "refs(unc).p" in message
+    assert "instances.json" in message and str(tmp_path / "refcoco") in message
+
+
+def _rewrite(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["annotations"][0].update(image_id=99), "annotation 1 names image 99"),
+    (lambda d: d["annotations"].append(dict(d["annotations"][0], id=7)), "image entry 1 has 2 annotations"),
+    (lambda d: d["annotations"][0].pop("segmentation"), "annotation 1 has no 'segmentation'"),
+    (lambda d: d["annotations"][0].update(segmentation=[]), "box-only"),
+    (lambda d: d["images"][0].pop("caption"), "image entry 1 has no 'caption'"),
+    (lambda d: d["images"][0].update(file_name="../x.jpg"), "file_name"),
+    (lambda d: d["images"][0].update(dataset_name="refcocog"), "dataset_name 'refcocog'"),
+    (lambda d: d.pop("annotations"), "no 'annotations' list"),
+])
+def test_bad_per_expression_files_name_the_file(tmp_path, change, message):
+    root = make_refexp_coco(tmp_path)
+    path = root / "refcoco" / "instances_refcoco_train.json"
+    _rewrite(path, change)
+    with pytest.raises(RVOSError, match=message) as e:
+        ReferringImageDataset(root, "refcoco", "train")
+    assert "instances_refcoco_train.json" in str(e.value)
+
+
+def test_malformed_json_and_missing_images_folder(tmp_path):
+    root = make_refexp_coco(tmp_path)
+    path = root / "refcoco" / "instances_refcoco_train.json"
+    path.write_text('{"images": [')
+    with pytest.raises(RVOSError, match="not valid JSON") as e:
+        ReferringImageDataset(root, "refcoco", "train")
+    assert "instances_refcoco_train.json" in str(e.value)
+    (root / "train2014").rename(root / "elsewhere")
+    with pytest.raises(RVOSError, match="train2014 images not found"):
+        ReferringImageDataset(root, "refcoco", "val")
+
+
+def test_rle_of_another_size_is_a_clear_error(tmp_path):
+    root = make_refexp_coco(tmp_path)
+    path = root / "refcoco" / "instances_refcoco_val.json"
+    _rewrite(path, lambda d: d["annotations"][0]["segmentation"].update(size=[10, 10]))
+    ds = ReferringImageDataset(root, "refcoco", "val", (16, 16), train=False)
+    with pytest.raises(RVOSError, match=r"mask of size \[10, 10\]") as e:
+        ds[0]
+    assert "instances_refcoco_val.json" in str(e.value)

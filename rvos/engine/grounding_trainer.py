@@ -45,7 +45,7 @@ from rvos.data.transforms import normalize, swap_left_right
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
 from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
-                                 open_training_split, plot_run_curves,
+                                 initial_weights, open_training_split, plot_run_curves,
                                  seed_everything, validation_figures, validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
@@ -126,6 +126,7 @@ class GroundingTrainer(StopOnSignal):
         self.amp_dtype = torch.bfloat16
         self.state = GroundingState()
         self._stage_start: dict | None = None     # set while a stage runs or after its stop
+        self.init_record: dict | None = None      # the --init-from source, kept in every checkpoint
 
     def open_layout(self):
         """The training split, verified (every file it lists exists)."""
@@ -147,8 +148,18 @@ class GroundingTrainer(StopOnSignal):
         meta = {"epoch": s.epoch, "step": s.global_step, "done": s.done, "best_jf": s.best_jf,
                 "history": s.history, "timings": s.timings, "presentations": s.presentations,
                 **(extra_meta or {})}
+        if self.init_record is not None:
+            meta["init_from"] = self.init_record
         return save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.cfg, meta,
                                self._stage_start)
+
+    def init_from(self, path: str | Path) -> None:
+        """Start this new run from the weights of checkpoint ``path`` (a run of the same
+        architecture); every stage then trains from them. Call before :meth:`fit` (the
+        feature cache is keyed by the backbone's weights)."""
+        if self.state.done or self.state.global_step:
+            raise RVOSError("--init-from applies to a new run, not one that has taken steps", path)
+        self.init_record = initial_weights(self.model, path, self.cfg)
 
     def resume(self, path: str | Path | None = None) -> None:
         """Restore weights and the completed stages (default: checkpoints/last); a stage
@@ -164,6 +175,7 @@ class GroundingTrainer(StopOnSignal):
                                     history=list(m.get("history", [])),
                                     timings=dict(m.get("timings", {})),
                                     presentations=int(m.get("presentations", 0)))
+        self.init_record = m.get("init_from")
         start = ckpt.training_state
         if start and start.get("stage") in STAGES and start["stage"] not in self.state.done:
             self.stage_module(start["stage"]).load_state_dict(start["weights"])

@@ -45,7 +45,7 @@ from rvos.data.ytvos import RefYTVOSLayout, sample_clip_indices
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
 from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
-                                 open_training_split, plot_run_curves,
+                                 initial_weights, open_training_split, plot_run_curves,
                                  rng_states, seed_everything, set_rng_states, validation_figures,
                                  validation_summary)
 from rvos.errors import RVOSError
@@ -172,6 +172,7 @@ class QueryCacheTrainer(StopOnSignal):
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr,
                                            weight_decay=cfg.optim.weight_decay)
         self.state = CacheTrainState()
+        self.init_record: dict | None = None      # the --init-from source, kept in every checkpoint
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, extra_meta: dict | None = None) -> Path:
@@ -179,12 +180,22 @@ class QueryCacheTrainer(StopOnSignal):
         meta = {"epoch": s.epoch, "micro_step": s.micro_step, "step": s.global_step,
                 "best_jf": s.best_jf, "history": s.history, "timings": s.timings,
                 "presentations": s.presentations, **(extra_meta or {})}
+        if self.init_record is not None:
+            meta["init_from"] = self.init_record
         training = {"optimizer": self.optimizer.state_dict(), **rng_states(),
                     "epoch": s.epoch, "micro_step": s.micro_step, "global_step": s.global_step,
                     "best_jf": s.best_jf, "progress": s.progress, "finished": s.finished,
                     "presentations": s.presentations}
         return save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.cfg, meta,
                                training)
+
+    def init_from(self, path: str | Path) -> None:
+        """Start this new run from the weights of checkpoint ``path`` (its optimizer, step
+        and RNG states start fresh); call before :meth:`fit`, as the feature cache is keyed
+        by the backbone's weights."""
+        if self.state.global_step:
+            raise RVOSError("--init-from applies to a new run, not one that has taken steps", path)
+        self.init_record = initial_weights(self.model, path, self.cfg)
 
     def resume(self, path: str | Path | None = None) -> None:
         """Restore weights and the full training state (default: checkpoints/last)."""
@@ -202,6 +213,7 @@ class QueryCacheTrainer(StopOnSignal):
             progress=float(ts["progress"]), finished=bool(ts["finished"]),
             presentations=int(ts["presentations"]), history=list(ckpt.meta.get("history", [])),
             timings=dict(ckpt.meta.get("timings", {})))
+        self.init_record = ckpt.meta.get("init_from")
 
     # ------------------------------------------------------------------ data
     def open_cache(self) -> FeatureCache:

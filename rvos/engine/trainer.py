@@ -1,5 +1,7 @@
-"""The training loop: AMP, gradient accumulation, clipping, warm-restart cosine schedule,
-CSV + TensorBoard logging, atomic checkpoints, best-by-validation, exact resumption.
+"""The training loop: AMP, gradient accumulation, clipping, a warm-restart cosine or a step
+schedule (rvos.engine.lr_schedules), CSV + TensorBoard logging, atomic checkpoints,
+best-by-validation, exact resumption, and initialisation from another run's weights
+(``--init-from``: pre-train on RefCOCO, then fine-tune on a video benchmark).
 
 Exact resumption: the clip a dataset returns depends only on (seed, epoch, index), the
 order of an epoch only on (seed, epoch), the data loader draws its seeds from a generator of
@@ -35,6 +37,7 @@ from rvos.data.build import build_train_dataset, verify_validation_split
 from rvos.data.ytvos import RefYTVOSLayout
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
+from rvos.engine.lr_schedules import build_scheduler, schedule_of_state
 from rvos.errors import RVOSError
 from rvos.inference import Predictor, resolve_device
 from rvos.losses import weighted_total
@@ -153,6 +156,18 @@ def set_rng_states(states: dict) -> None:
         random.setstate((version, tuple(internal), gauss_next))
 
 
+def initial_weights(model: nn.Module, path: str | Path, cfg: Config) -> dict:
+    """Load the weights (only) of checkpoint ``path`` into ``model`` for a new run of ``cfg``
+    (``rvos train --init-from``); RVOSError naming the file when it is missing, unreadable or
+    of another architecture (the checkpoints' architecture signatures are compared). Returns
+    the record the new run keeps in its checkpoints' metadata under ``init_from``."""
+    path = checkpoint_file(path)
+    ckpt = load_checkpoint(path)
+    load_weights_into(model, ckpt, path, expected=cfg)
+    return {"checkpoint": str(path.resolve()), "step": int(ckpt.meta.get("step", 0)),
+            "data_format": ckpt.config.data.format, "data_root": ckpt.config.data.root}
+
+
 def open_training_split(cfg: Config) -> RefYTVOSLayout:
     """The training split of ``cfg.data`` for the frozen-feature trainers, verified (and the
     validation split too, so that a damaged one fails now rather than after training). These
@@ -211,13 +226,12 @@ class Trainer(StopOnSignal):
             raise RVOSError(f"training split has {len(self.dataset)} samples, fewer than one "
                             f"batch of {cfg.optim.batch_size}", cfg.data.root)
         self.optimizer = self._build_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            self.optimizer, T_0=cfg.optim.sched_t0, T_mult=cfg.optim.sched_t_mult,
-            eta_min=cfg.optim.min_lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.use_amp = cfg.optim.amp
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
         self.state = TrainState()
+        self.init_record: dict | None = None      # the --init-from source, kept in every checkpoint
 
     # ------------------------------------------------------------------ set-up
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -255,8 +269,17 @@ class Trainer(StopOnSignal):
         s = self.state
         meta = {"epoch": s.epoch, "micro_step": s.micro_step, "step": s.global_step,
                 "best_jf": s.best_jf, "history": s.history, **(extra_meta or {})}
+        if self.init_record is not None:
+            meta["init_from"] = self.init_record
         return save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.cfg, meta,
                                self._training_state())
+
+    def init_from(self, path: str | Path) -> None:
+        """Start this (new) run from the weights of checkpoint ``path``: its optimizer,
+        scheduler, step and RNG states are not read (they start fresh, as in any new run)."""
+        if self.state.global_step:
+            raise RVOSError("--init-from applies to a new run, not one that has taken steps", path)
+        self.init_record = initial_weights(self.model, path, self.cfg)
 
     def resume(self, path: str | Path | None = None) -> None:
         """Restore weights and the full training state (default: checkpoints/last)."""
@@ -264,6 +287,10 @@ class Trainer(StopOnSignal):
         ckpt = load_checkpoint(path, with_training_state=True)
         load_weights_into(self.model, ckpt, path, expected=self.cfg)
         ts = ckpt.training_state
+        schedule = schedule_of_state(ts["scheduler"])
+        if schedule != self.cfg.optim.schedule:
+            raise RVOSError(f"the run was trained with optim.schedule={schedule}, the config says "
+                            f"{self.cfg.optim.schedule}; resume with the run's own schedule", path)
         self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
         self.scaler.load_state_dict(ts["scaler"])
@@ -271,6 +298,7 @@ class Trainer(StopOnSignal):
         self.state = TrainState(epoch=int(ts["epoch"]), micro_step=int(ts["micro_step"]),
                                 global_step=int(ts["global_step"]), best_jf=float(ts["best_jf"]),
                                 history=list(ckpt.meta.get("history", [])))
+        self.init_record = ckpt.meta.get("init_from")
 
     # ------------------------------------------------------------------ loop
     def validate(self) -> dict | None:
