@@ -43,3 +43,19 @@ def test_named_encoder_not_available_offline_says_what_to_do(name, monkeypatch):
         assert name in str(e) and "minilm" in str(e)
     else:  # the user has it in the Hugging Face cache: then it must work like MiniLM
         assert encoder(["a red car"]).sentence.shape == (1, encoder.dim)
+
+
+def test_memoised_features_do_not_depend_on_the_sentences_encoded_together():
+    """A resumed run memoises its sentences in other company than the uninterrupted run did;
+    the features (and so the trained weights) must be the same bits."""
+    same_length = ["a green star moving up", "the small yellow cross below",
+                   "the large red square left", "a blue circle that stops"]
+    alone, together, reordered = TextEncoder(), TextEncoder(), TextEncoder()
+    for text in same_length:
+        alone([text])
+    together(same_length)
+    reordered(list(reversed(same_length[1:])) + ["an unrelated longer sentence here now"])
+    reordered([same_length[0]])
+    for text in same_length:
+        assert torch.equal(alone._cache[text], together._cache[text])
+        assert torch.equal(alone._cache[text], reordered._cache[text])

@@ -32,6 +32,9 @@ MINILM = "minilm"
 _SHOWN_SENTENCE_CHARS = 120
 
 
+MEMO_BATCH = 16     # sentences per batch when a frozen encoder memoises features
+
+
 class SentenceTruncatedWarning(UserWarning):
     """A sentence had more tokens than the text encoder's ``max_length``; only its first
     ``max_length`` tokens (special tokens included) are encoded."""
@@ -274,18 +277,29 @@ class TextEncoder(nn.Module):
         out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
         return out.last_hidden_state, tok["attention_mask"].bool()
 
-    def _same_length_groups(self, texts: list[str]) -> list[list[str]]:
-        """``texts`` grouped by token count. A group is encoded without padding, which gives
-        each sentence the features it gets alone; padded batches change them in the last
-        bits, so memoised features (and the weights trained on them, a resumed run's
-        included) would depend on which sentences happened to be encoded together."""
+    def _memo_batches(self, texts: list[str]) -> list[list[str]]:
+        """``texts`` in batches of MEMO_BATCH sentences of one token count, the last batch
+        of each count filled up with copies of its last sentence.
+
+        Memoised features (and the weights trained on them, a resumed run's included) must
+        not depend on which sentences happened to be encoded together. Padding changes a
+        sentence's features in the last bits, and so does the batch size (the matrix
+        products pick their kernels by shape), so every batch has one shape per token
+        count; with the shape fixed, a sentence's features are the same bits whatever its
+        companions and position (tested)."""
         if not texts:
             return []
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         groups: dict[int, list[str]] = {}
         for text, tokens in zip(texts, ids):
             groups.setdefault(len(tokens), []).append(text)
-        return [groups[n] for n in sorted(groups)]
+        batches = []
+        for n in sorted(groups):
+            group = groups[n]
+            for i in range(0, len(group), MEMO_BATCH):
+                batch = group[i:i + MEMO_BATCH]
+                batches.append(batch + [batch[-1]] * (MEMO_BATCH - len(batch)))
+        return batches
 
     def forward(self, texts: list[str], device: torch.device | None = None) -> TextFeatures:
         """texts: B sentences -> :class:`TextFeatures` on ``device``."""
@@ -294,10 +308,10 @@ class TextEncoder(nn.Module):
             words, keep = self._encode(texts, device)
         else:
             missing = sorted({t for t in texts if t not in self._cache})
-            for group in self._same_length_groups(missing):
+            for batch in self._memo_batches(missing):
                 with torch.no_grad():
-                    w, k = self._encode(group, next(self.model.parameters()).device)
-                for text, wi, ki in zip(group, w, k):
+                    w, k = self._encode(batch, next(self.model.parameters()).device)
+                for text, wi, ki in zip(batch, w, k):
                     self._cache[text] = wi[ki].float().cpu()
             per = [self._cache[t] for t in texts]
             length = max(p.shape[0] for p in per)
