@@ -3,7 +3,7 @@
     python benchmarks/bench_query.py [--threads 1] [--out benchmarks/results/bench_query.json]
 
 1. Clips: frames/s and peak memory at 360x640 for clip (window) lengths 5 and 36, for the
-   published-scale ResNet-50 and Video-Swin-T models (configs/query_ytvos_*.yaml, random
+   published-scale ResNet-50 and Video-Swin-T models (the packaged query_ytvos_* configs, random
    weights and the offline MiniLM text encoder: speed does not depend on the weights; the
    text encoder's cost is paid once per sentence). Each setting runs in a fresh subprocess
    that streams 2 windows through rvos.inference.Predictor and times the second one; peak
@@ -106,10 +106,10 @@ def run_worker(args: list[str], threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+",
-                        default=["configs/query_ytvos_resnet50.yaml", "configs/query_ytvos_video_swin_t.yaml"])
+                        default=["query_ytvos_resnet50", "query_ytvos_video_swin_t"])
     parser.add_argument("--size", type=int, nargs=2, default=[360, 640])
     parser.add_argument("--windows", type=int, nargs="+", default=[5, 36])
-    parser.add_argument("--long-config", default="configs/query_synth_mobilenetv2.yaml")
+    parser.add_argument("--long-config", default="query_synth_mobilenetv2")
     parser.add_argument("--long-frames", type=int, default=1000)
     parser.add_argument("--long-window", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")

@@ -2,7 +2,7 @@
 
 How much of a cached query-family step is the per-sentence encoder (what a text-free,
 per-clip encoder would share)? Times forward+backward of the fused encoder and of the whole
-step for 4 clips x 8 sentences x T=4 (configs/query_synth_frozen.yaml sizes, 128x128)."""
+step for 4 clips x 8 sentences x T=4 (the query_synth_frozen config sizes, 128x128)."""
 import json
 import sys
 import time
@@ -13,7 +13,7 @@ import torch
 from rvos.config import load_config
 from rvos.models.build import build_model
 torch.manual_seed(0)
-cfg = load_config("configs/query_synth_frozen.yaml", ["model.query.backbone_weights=none"])
+cfg = load_config("query_synth_frozen", ["model.query.backbone_weights=none"])
 m = build_model(cfg).train()
 clips, sents, t = 4, 8, 4
 frames = torch.randn(clips * t, 3, 128, 128)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rvos.config import base_chain, load_config
+from rvos.config import CONFIG_DIR, base_chain, load_config, resolve_config
 from rvos.errors import RVOSError
 from rvos.inference import resolve_device
 
@@ -124,9 +124,9 @@ QUERY_SPEED_SENTENCE = "the person in a red jacket riding a bike on the left"
 
 
 def published_configs(folder: Path | None = None) -> list[Path]:
-    """The published-scale configs: ``configs/*_ytvos_*.yaml`` and ``configs/*_a2d_*.yaml``
+    """The published-scale configs: the packaged ``*_ytvos_*.yaml`` and ``*_a2d_*.yaml``
     (a method's config joins by its name), sorted."""
-    folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[1] / "configs"
+    folder = Path(folder) if folder is not None else CONFIG_DIR
     return sorted({*folder.glob("*_ytvos_*.yaml"), *folder.glob("*_a2d_*.yaml")})
 
 
@@ -261,12 +261,9 @@ def query_speed_benchmark(out: Path, configs: list[Path] | None = None, device: 
     error}}}), total_s, complete, json."""
     from rvos.outputs_dir import os_error, results_folder, write_file_atomic
 
-    configs = [Path(c) for c in (configs or published_configs())]
+    configs = [resolve_config(c) for c in (configs or published_configs())]
     if not configs:
         raise RVOSError("no configs to measure (pass --config A.yaml ...)")
-    for config in configs:
-        if not config.is_file():
-            raise RVOSError("config file not found", config)
     stems = [c.stem for c in configs]
     if len(set(stems)) != len(stems):
         raise RVOSError(f"configs must have distinct file names: {', '.join(map(str, configs))}")
@@ -514,12 +511,10 @@ def machine_info(device: str = "auto") -> dict:
 
 
 def check_bench_configs(configs: list[str | Path]) -> list[Path]:
-    """The configs of a benchmark that trains each: existing files with distinct names (run
-    folders are named after them); RVOSError otherwise."""
-    configs = [Path(c) for c in configs]
-    for config in configs:
-        if not config.is_file():
-            raise RVOSError("config file not found", config)
+    """The configs of a benchmark that trains each (files or packaged names,
+    :func:`rvos.config.resolve_config`): existing files with distinct names (run folders are
+    named after them); RVOSError otherwise."""
+    configs = [resolve_config(c) for c in configs]
     stems = [c.stem for c in configs]
     if len(set(stems)) != len(stems):
         raise RVOSError(f"configs must have distinct file names (run folders are named after "
@@ -703,8 +698,7 @@ def run_baseline_benchmarks(args) -> None:
         from rvos.bench_fewshot import (FEWSHOT_VIDEOS_PER_CATEGORY, fewshot_benchmark,
                                         format_fewshot_aggregate)
 
-        configs = [Path(c) for c in (args.config or ["configs/fewshot_baseline_synth.yaml",
-                                                     "configs/cma_synth.yaml"])]
+        configs = check_bench_configs(args.config or ["fewshot_baseline_synth", "cma_synth"])
         result = fewshot_benchmark(out, configs, args.folds, args.seeds, args.shots,
                                    args.budget_s,
                                    args.train_videos or FEWSHOT_VIDEOS_PER_CATEGORY, args.device,

@@ -165,20 +165,20 @@ def cmd_data_convert_davis(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from rvos.config import load_config
+    from rvos.config import load_config, resolve_config
     from rvos.outputs_dir import InPlaceOutput, check_inputs_outside
 
     cfg = load_config(args.config, args.overrides)
     if cfg.model.kind == "referformer":
         raise RVOSError("model.kind referformer runs converted released checkpoints and does not "
                         "train; train this architecture with model.kind query "
-                        "(configs/query_ytvos_*.yaml)", args.config)
+                        "(query_ytvos_resnet50, query_ytvos_video_swin_t)", args.config)
     run_dir = Path(args.out or cfg.train.out_dir)
     if args.init_from and args.resume is not None:
         raise RVOSError("--init-from starts a new run from another run's weights and --resume "
                         "continues a run from its own checkpoint: give one of them")
     if args.resume is None:
-        check_inputs_outside(run_dir, {"config": args.config, "data.root": cfg.data.root,
+        check_inputs_outside(run_dir, {"config": resolve_config(args.config), "data.root": cfg.data.root,
                                        "--init-from": args.init_from})
     # A run folder is written in place (its checkpoints must survive a kill) and marked; a
     # run it replaces (--overwrite) is moved aside once the new run is set up, and removed
@@ -237,6 +237,16 @@ def _train_grounding(cfg, run_dir: Path, args: argparse.Namespace, output) -> in
               if cfg.model.kind == "fewshot" else f"best validation J&F {state.best_jf:.4f}")
     print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
           f"{scored}; run folder {run_dir}")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """rvos configs: the packaged configs' names (what ``rvos train NAME`` takes) and files."""
+    from rvos.config import CONFIG_DIR, config_names
+
+    for name in config_names():
+        print(name)
+    print(f"(files in {CONFIG_DIR}; copy one to change it, or name it as base: in your own)")
     return 0
 
 
@@ -384,11 +394,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rvos.demo import run_demo
 
     return run_demo(Path(args.out), budget_s=args.budget_s, overwrite=args.overwrite,
-                    progress=not args.quiet)
+                    progress=not args.quiet, weights=args.weights)
 
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from rvos.config import config_names
     from rvos.engine.protocols import PROTOCOLS
 
     parser = argparse.ArgumentParser(prog="rvos", description="Referring video object segmentation toolkit.")
@@ -426,8 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     davis.add_argument("--resolution", default="480p")
     davis.set_defaults(func=cmd_data_convert_davis)
 
-    train = sub.add_parser("train", parents=[common], help="train a model from a YAML config")
-    train.add_argument("config", help="YAML config (see configs/)")
+    train = sub.add_parser("train", parents=[common], help="train a model from a YAML config",
+                           epilog="packaged configs (rvos configs lists them): "
+                                  + ", ".join(config_names()))
+    train.add_argument("config", help="a YAML config file, or the name of a packaged config "
+                                      "(e.g. baseline_synth, ablations/soc_without_clusters)")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
     train.add_argument("--out", help="run folder (default: train.out_dir of the config)")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
@@ -520,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "per --seeds seed, scored on the fold's novel categories at each --shots; "
                     "per-fold and mean J&F with each config's margin over the first -> "
                     "<out>/fewshot.json, runs in <out>/fewshot/<config>/fold<f>/seed<k>/.",
-        epilog="example: rvos bench --what quality --config configs/baseline_synth.yaml "
-               "configs/query_synth_mobilenetv2.yaml --seeds 0 1 --budget-s 600")
+        epilog="example: rvos bench --what quality --config baseline_synth "
+               "query_synth_mobilenetv2 --seeds 0 1 --budget-s 600")
     be.add_argument("--what", nargs="+", default=["speed"],
                     choices=["speed", "quality", "query_speed", "fewshot"],
                     help="which benchmarks to run (default: speed); query_speed: inference "
@@ -532,11 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", type=_device, default="auto",
                     help="auto | cpu | cuda | cuda:N; for quality anything but auto overrides "
                          "the configs' train.device")
-    be.add_argument("--config", nargs="+", metavar="YAML",
-                    help="quality: configs to train and compare on the same synthetic data "
-                         "(default: configs/baseline_synth.yaml); query_speed: configs to "
-                         "measure (default: the published ones, configs/*_ytvos_*.yaml and "
-                         "configs/*_a2d_*.yaml)")
+    be.add_argument("--config", nargs="+", metavar="CONFIG",
+                    help="config files or packaged names (rvos configs). quality: configs to "
+                         "train and compare on the same synthetic data (default: "
+                         "grounding_synth); query_speed: configs to measure (default: the "
+                         "published ones, *_ytvos_* and *_a2d_*)")
     be.add_argument("--frames", nargs="+", type=_count, metavar="T",
                     help="query_speed: clip lengths (default: 5 36)")
     be.add_argument("--repeats", nargs="+", type=_count, metavar="N",
@@ -567,11 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace earlier results of the same benchmark in --out")
     be.set_defaults(func=cmd_bench)
 
+    cf = sub.add_parser("configs", help="list the packaged configs (rvos train NAME)")
+    cf.set_defaults(func=cmd_configs)
+
     demo = sub.add_parser("demo", parents=[common],
                           help="the main job: synthetic data -> train -> evaluate -> predict")
     demo.add_argument("--out", default="demo_output")
     demo.add_argument("--budget-s", type=_seconds, default=360.0,
                       help="training time budget, feature cache included (default: 360)")
+    demo.add_argument("--weights", metavar="FILE",
+                      help="the ImageNet MobileNetV2 backbone weights (a .features state dict; "
+                           "default: ../shared/assets/weights/mobilenetv2_imagenet_features.pt "
+                           "from the working folder or the clone's root)")
     demo.add_argument("--overwrite", action="store_true")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -1,11 +1,13 @@
 """Typed configuration: dataclasses are the schema, YAML files set values, the command line
 overrides them with ``key=value`` (dotted keys, YAML-parsed values).
 
-    cfg = load_config("configs/baseline_synth.yaml", ["optim.lr=1e-3", "data.num_frames=6"])
+    cfg = load_config("baseline_synth", ["optim.lr=1e-3", "data.num_frames=6"])
 
+A config is a YAML file or the name of one shipped in the package (``rvos/configs/``:
+``baseline_synth``, ``ablations/soc_without_clusters``; :func:`config_names` lists them).
 Unknown keys, values of the wrong type and values out of range (``RULES``: every number of
 the schema has one) are errors that name the file and the key, e.g.
-``configs/x.yaml: invalid config: data.input_size: must be two positive integers, got [0, 0]``.
+``x.yaml: invalid config: data.input_size: must be two positive integers, got [0, 0]``.
 """
 
 from __future__ import annotations
@@ -635,12 +637,47 @@ def upgrade_config_dict(values: dict) -> dict:
 
 
 BASE_KEY = "base"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"   # the configs shipped in the package
+
+
+def config_names() -> list[str]:
+    """The names of the packaged configs (``baseline_synth``, ``ablations/...``), sorted."""
+    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
+                  for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def _packaged(name: str) -> Path:
+    """Where the packaged config ``name`` would be: ``baseline_synth``, ``baseline_synth.yaml``
+    and the repository path of earlier releases, ``configs/baseline_synth.yaml``, all name
+    ``rvos/configs/baseline_synth.yaml``."""
+    name = name.replace("\\", "/")
+    if name.startswith("configs/"):
+        name = name[len("configs/"):]
+    return CONFIG_DIR / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+
+
+def resolve_config(path: str | Path, relative_to: Path | None = None) -> Path:
+    """The config file ``path`` names: a file (relative to ``relative_to``, a ``base:``'s
+    folder, or else to the working directory) or, when there is none, the packaged config
+    of that name. Neither: an RVOSError saying where it looked and which names exist."""
+    given = Path(path).expanduser()
+    candidate = relative_to / given if relative_to is not None else given
+    if candidate.is_file():
+        return candidate
+    looked = [str(candidate)]
+    if not given.is_absolute():
+        packaged = _packaged(str(path))
+        if packaged.is_file():
+            return packaged
+        looked.append(f"the packaged {packaged.relative_to(CONFIG_DIR.parents[1]).as_posix()}")
+    raise RVOSError(f"config not found (looked for {' and '.join(looked)}); a config is a "
+                    f"YAML file or one of the packaged names: {', '.join(config_names())}", path)
 
 
 def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The values a YAML config file sets, its ``base:`` chain resolved: ``base: FILE``
-    (relative to this file's folder) loads FILE first and this file's values override it,
-    key by key."""
+    (a file relative to this file's folder, or a packaged config's name) loads FILE first
+    and this file's values override it, key by key."""
     if path.resolve() in seen:
         raise RVOSError("config bases form a cycle", path)
     values = read_config_file_raw(path)
@@ -649,21 +686,29 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return values
     if not isinstance(base, str) or not base:
         raise RVOSError(f"{BASE_KEY}: must name a config file, got {base!r}", path)
-    parent = read_config_file(path.parent / base, seen + (path.resolve(),))
+    parent = read_config_file(_resolve_base(path, base), seen + (path.resolve(),))
     return _merge(upgrade_config_dict(parent), upgrade_config_dict(values))
+
+
+def _resolve_base(path: Path, base: str) -> Path:
+    """The file the ``base:`` of config ``path`` names (an error naming ``path`` if none)."""
+    try:
+        return resolve_config(base, relative_to=path.parent)
+    except RVOSError as e:
+        raise RVOSError(f"{BASE_KEY}: {e}", path) from None
 
 
 def base_chain(path: str | Path) -> list[Path]:
     """The config files ``path`` inherits from, nearest first (its ``base:``, that file's
     ``base:``, ...), resolved; [] for a file without a base."""
     chain: list[Path] = []
-    path = Path(path)
+    path = resolve_config(path)
     while True:
         values = read_config_file_raw(path)
         base = values.get(BASE_KEY)
         if not isinstance(base, str) or not base:
             return chain
-        path = (path.parent / base).resolve()
+        path = _resolve_base(path, base).resolve()
         if path in chain:
             raise RVOSError("config bases form a cycle", path)
         chain.append(path)
@@ -686,10 +731,11 @@ def read_config_file_raw(path: Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 cls: type = Config) -> Any:
     """Load a YAML config (or defaults when ``path`` is None), its ``base:`` chain first
-    (:func:`read_config_file`), and apply overrides."""
+    (:func:`read_config_file`), and apply overrides. ``path`` is a file or the name of a
+    packaged config (:func:`resolve_config`)."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         values = read_config_file(path)
     values = _merge(values, parse_overrides(overrides or []))
     if cls is Config:

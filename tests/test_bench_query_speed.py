@@ -2,17 +2,15 @@
 tiny size (the real figures, 360x640 with T=5 and T=36, come from the command itself)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from rvos.bench import against_base, format_query_speed, published_configs, query_speed_benchmark
-from rvos.config import base_chain
+from rvos.config import CONFIG_DIR, base_chain
 from rvos.cli import main
 from rvos.errors import RVOSError
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "query_synth_mobilenetv2.yaml"
+TINY = CONFIG_DIR / "query_synth_mobilenetv2.yaml"
 
 
 def test_default_configs_are_the_published_ones():
@@ -54,7 +52,7 @@ def test_a_failed_measurement_is_reported_and_the_rest_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config", "no/such.yaml"], "config file not found"),
+    (["--config", "no/such.yaml"], "config not found"),
     (["--frames", "5", "36", "--repeats", "1", "2", "3"], "--repeats takes one positive count"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):

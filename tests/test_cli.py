@@ -109,7 +109,7 @@ def test_checkpoint_of_another_architecture_on_resume(tmp_path, capsys):
                     {"optimizer": {}, "step": 1})
     root = tmp_path / "data"
     _tiny_layout(root)
-    code, _, err = run_cli(["train", "configs/baseline_synth.yaml", f"data.root={root}",
+    code, _, err = run_cli(["train", "baseline_synth", f"data.root={root}",
                             "data.input_size=[32,32]", "train.eval_every=0",  # no valid split
                             "--out", str(run), "--resume"], capsys)
     assert code == 2 and "another architecture" in err and "last.safetensors" in err
@@ -135,19 +135,19 @@ def _tiny_layout(root):
 
 
 def test_train_with_missing_or_corrupt_meta_expressions(tmp_path, capsys):
-    code, _, err = run_cli(["train", "configs/baseline_synth.yaml", f"data.root={tmp_path}",
+    code, _, err = run_cli(["train", "baseline_synth", f"data.root={tmp_path}",
                             "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "meta_expressions" in err
     root = tmp_path / "data"
     _tiny_layout(root)
     (root / "meta_expressions" / "train" / "meta_expressions.json").write_text("{not json")
-    code, _, err = run_cli(["train", "configs/baseline_synth.yaml", f"data.root={root}",
+    code, _, err = run_cli(["train", "baseline_synth", f"data.root={root}",
                             "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "meta_expressions.json" in err
 
 
 def test_train_with_an_unknown_config_key(tmp_path, capsys):
-    code, _, err = run_cli(["train", "configs/baseline_synth.yaml", "optim.learning_rate=1"], capsys)
+    code, _, err = run_cli(["train", "baseline_synth", "optim.learning_rate=1"], capsys)
     assert code == 2 and "optim.learning_rate" in err
 
 

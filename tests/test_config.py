@@ -1,12 +1,10 @@
-from pathlib import Path
-
 import pytest
 
-from rvos.config import Config, load_config, save_config, to_dict
+from rvos.config import (CONFIG_DIR, Config, base_chain, config_names, load_config, save_config,
+                         to_dict)
 from rvos.errors import RVOSError
 from rvos.models.build import MODEL_KINDS
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_follow_the_seed_recipe():
@@ -58,8 +56,8 @@ def test_saved_config_loads_back_identically(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-    configs = sorted((REPO / "configs").glob("*.yaml"))
-    assert configs, "configs/ is empty"
+    configs = sorted(CONFIG_DIR.rglob("*.yaml"))
+    assert configs, "rvos/configs/ is empty"
     for path in configs:
         cfg = load_config(path)
         assert cfg.model.kind in MODEL_KINDS, path
@@ -91,3 +89,53 @@ def test_loss_keys_of_earlier_releases_load_into_the_loss_section(tmp_path):
     cfg = load_config(tmp_path / "old.yaml")
     assert (cfg.loss.query.cls, cfg.loss.query.cost_dice, cfg.loss.query.aux) == (3.0, 4.0, False)
     assert cfg.loss.baseline.bce == 0.5
+
+
+# ----------------------------------------------------------------------------- packaged configs
+def test_a_packaged_config_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    by_path = load_config(CONFIG_DIR / "baseline_synth.yaml")
+    assert load_config("baseline_synth") == by_path
+    assert load_config("baseline_synth.yaml") == by_path
+    assert load_config("configs/baseline_synth.yaml") == by_path     # command lines of earlier releases
+    assert load_config("ablations/soc_without_clusters") == load_config(
+        CONFIG_DIR / "ablations" / "soc_without_clusters.yaml")
+    assert {"baseline_synth", "grounding_synth", "ablations/soc_without_clusters"} <= set(config_names())
+
+
+def test_a_file_of_that_name_wins_over_the_packaged_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "baseline_synth.yaml").write_text("optim: {lr: 0.125}\n")
+    assert load_config("baseline_synth.yaml").optim.lr == 0.125
+    assert load_config("baseline_synth").optim.lr == load_config(CONFIG_DIR / "baseline_synth.yaml").optim.lr
+
+
+def test_a_users_config_inherits_from_a_packaged_one_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("base: grounding_synth\noptim: {lr: 0.125}\n")
+    mine = load_config(tmp_path / "mine.yaml")
+    assert mine == load_config("grounding_synth", ["optim.lr=0.125"])
+    assert base_chain(tmp_path / "mine.yaml")[0] == (CONFIG_DIR / "grounding_synth.yaml").resolve()
+
+
+def test_an_unknown_config_name_says_where_it_looked_and_lists_the_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RVOSError) as e:
+        load_config("baseline_synht")
+    message = str(e.value)
+    assert "\n" not in message and "not found" in message
+    assert "rvos/configs/baseline_synht.yaml" in message and "baseline_synth," in message
+    (tmp_path / "child.yaml").write_text("base: no_such_base\n")
+    with pytest.raises(RVOSError, match="child.yaml: base: no_such_base: config not found"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_rvos_configs_and_train_help_name_the_packaged_configs(capsys):
+    from rvos.cli import main
+
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert set(config_names()) <= set(listed)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "ablations/soc_without_clusters" in capsys.readouterr().out

@@ -386,7 +386,7 @@ def test_evaluate_a_checkpoint_through_the_cli(a2d, tmp_path, tiny_checkpoint, c
 
 def test_train_a_step_and_validate_through_the_cli(a2d, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "configs/baseline_synth.yaml", "data.format=a2d", f"data.root={a2d}",
+    code = main(["train", "baseline_synth", "data.format=a2d", f"data.root={a2d}",
                  "data.val_split=test", "data.num_frames=3", "data.input_size=[32,32]",
                  "data.max_val_samples=2", "model.baseline.dim=32", "model.baseline.heads=2",
                  "model.baseline.fusion_layers=1", "optim.batch_size=1", "train.epochs=1",

@@ -258,7 +258,7 @@ def test_train_predict_evaluate_and_resume_after_the_backbone_file_is_gone(tmp_p
     weights.parent.mkdir()
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     run = tmp_path / "run"
-    args = ["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY,
+    args = ["train", "baseline_synth", f"data.root={synth}", *TINY,
             "train.max_steps_per_epoch=1", f"model.baseline.backbone_weights={weights}",
             "--out", str(run), "--quiet"]
     assert main([*args, "--stop-after-steps", "1"]) == 0
@@ -303,7 +303,7 @@ def test_resume_is_bit_identical_at_several_stop_points(tmp_path, synth):
     in the middle of epoch 2."""
     from rvos.engine.trainer import Trainer
 
-    cfg = load_config("configs/baseline_synth.yaml",
+    cfg = load_config("baseline_synth",
                       [f"data.root={synth}", *TINY, "train.max_steps_per_epoch=2"])
     straight = tmp_path / "straight"
     fit(cfg, straight)
@@ -370,7 +370,7 @@ def grounding_run(cfg, folder: Path, stage: str = "", stop_at: int = 0, resume: 
 def grounding(tmp_path_factory, synth):
     """(config, an uninterrupted run folder)."""
     root = tmp_path_factory.mktemp("grounding")
-    cfg = load_config("configs/grounding_synth.yaml",
+    cfg = load_config("grounding_synth",
                       [f"data.root={synth}", *GROUNDING,
                        f"train.grounding.cache_dir={root / 'cache'}"])
     grounding_run(cfg, root / "straight")

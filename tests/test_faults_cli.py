@@ -400,7 +400,7 @@ def test_the_grounding_trainer_stops_on_a_signal_and_resumes(synth, tmp_path, ca
             "train.grounding.seg_batch_frames=2", "train.grounding.scorer_steps=2",
             "train.grounding.scorer_batch=2", "train.eval_every=0", "train.device=cpu"]
     run = tmp_path / "run"
-    args = ["train", "configs/grounding_synth.yaml", *tiny, "--out", run, "--quiet"]
+    args = ["train", "grounding_synth", *tiny, "--out", run, "--quiet"]
     code, _, err = run_cli(args, capsys)
     assert code == 130, err
     assert "stopped by SIGINT at step 1, checkpointed; resume with: rvos train" in err

@@ -236,7 +236,7 @@ def test_davis_sequence_list_naming_a_path_is_refused(tmp_path, capsys):
 # ----------------------------------------------------------------------------- datasets up front
 
 def _train_cfg(root: Path, *extra: str):
-    return load_config("configs/baseline_synth.yaml",
+    return load_config("baseline_synth",
                        [f"data.root={root}", "data.num_frames=2", "data.input_size=[16,16]",
                         "optim.batch_size=1", *extra])
 
@@ -275,7 +275,7 @@ def test_train_cli_stops_at_start_on_a_missing_mask(tmp_path, capsys):
     write_layout(tmp_path, "train", videos={f"v{i}": one_video(f"v{i}")[f"v{i}"] for i in (1, 2)})
     missing = tmp_path / "train" / "Annotations" / "v2" / "00001.png"
     missing.unlink()
-    code, _, err = run_cli(["train", "configs/baseline_synth.yaml", f"data.root={tmp_path}",
+    code, _, err = run_cli(["train", "baseline_synth", f"data.root={tmp_path}",
                             "data.train_split=train", "--out", tmp_path / "run"], capsys)
     assert code == 2 and str(missing) in err
     assert not list(tmp_path.rglob("*.safetensors"))

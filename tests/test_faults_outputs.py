@@ -26,10 +26,10 @@ import pytest
 import torch
 
 from rvos.cli import main
+from rvos.config import CONFIG_DIR
 
 MARKER = ".rvos-output"
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "baseline_synth.yaml"
+CONFIG = CONFIG_DIR / "baseline_synth.yaml"
 
 
 # ----------------------------------------------------------------------------- fixtures

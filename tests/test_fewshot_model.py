@@ -94,13 +94,13 @@ TINY = ["model.grounding.backbone_weights=none", "model.grounding.backbone_dtype
 
 @pytest.fixture(scope="module")
 def models():
-    cfg = load_config("configs/cma_synth.yaml", TINY)
+    cfg = load_config("cma_synth", TINY)
     torch.manual_seed(0)
     with_module = build_model(cfg)
     torch.manual_seed(0)
-    without = build_model(load_config("configs/fewshot_baseline_synth.yaml", TINY))
+    without = build_model(load_config("fewshot_baseline_synth", TINY))
     torch.manual_seed(0)
-    grounding = build_model(load_config("configs/grounding_synth.yaml", TINY[:5]))
+    grounding = build_model(load_config("grounding_synth", TINY[:5]))
     return with_module, without, grounding
 
 

@@ -37,7 +37,7 @@ def synth(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, synth) -> Path:
     out = tmp_path_factory.mktemp("cma") / "run"
-    assert main(["train", "configs/cma_synth.yaml", f"data.root={synth}", *TINY,
+    assert main(["train", "cma_synth", f"data.root={synth}", *TINY,
                  "--out", str(out), "--quiet"]) == 0
     return out
 
@@ -45,7 +45,7 @@ def run(tmp_path_factory, synth) -> Path:
 def test_training_sees_only_the_base_categories(run, synth):
     from rvos.engine.fewshot_trainer import FewShotTrainer
 
-    cfg = load_config("configs/cma_synth.yaml", [f"data.root={synth}", *TINY])
+    cfg = load_config("cma_synth", [f"data.root={synth}", *TINY])
     trainer = FewShotTrainer(cfg, run, progress=False)
     base, novel = fold_split(trainer.layout.folds, 2)
     assert novel == ["square", "cross"]
@@ -84,7 +84,7 @@ def test_evaluate_scores_the_novel_categories_at_each_shot(run, synth, tmp_path)
 
 def test_resume_of_a_finished_run_redoes_no_stage(run, synth, capsys):
     steps = load_checkpoint(run / "checkpoints" / "last").meta["step"]
-    assert main(["train", "configs/cma_synth.yaml", f"data.root={synth}", *TINY,
+    assert main(["train", "cma_synth", f"data.root={synth}", *TINY,
                  "--out", str(run), "--resume", "--quiet"]) == 0
     assert "resumed after the stages ['segmenter', 'scorer']" in capsys.readouterr().out
     assert load_checkpoint(run / "checkpoints" / "last").meta["step"] == steps
@@ -96,7 +96,7 @@ def test_resume_of_a_finished_run_redoes_no_stage(run, synth, capsys):
     ("data.fewshot.dataset=mini-ytvos", "not one of the 48 Mini-Ref-YouTube-VOS categories"),
 ])
 def test_bad_few_shot_settings_stop_with_one_line(synth, tmp_path, capsys, override, message):
-    code = main(["train", "configs/cma_synth.yaml", f"data.root={synth}", *TINY, override,
+    code = main(["train", "cma_synth", f"data.root={synth}", *TINY, override,
                  "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err

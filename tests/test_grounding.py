@@ -224,7 +224,7 @@ def tiny_model(text_encoder):
     from rvos.config import load_config
     from rvos.models.build import build_criterion, build_model
 
-    cfg = load_config("configs/grounding_synth.yaml",
+    cfg = load_config("grounding_synth",
                       ["model.grounding.backbone_weights=none", "model.grounding.dim=32",
                        "model.grounding.seg_dim=16", "model.grounding.refine_dim=8"])
     model = build_model(cfg)

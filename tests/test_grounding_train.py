@@ -35,7 +35,7 @@ def synth(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, synth) -> Path:
     out = tmp_path_factory.mktemp("grounding") / "run"
-    code = main(["train", "configs/grounding_synth.yaml", f"data.root={synth}", *TINY,
+    code = main(["train", "grounding_synth", f"data.root={synth}", *TINY,
                  "--out", str(out), "--quiet"])
     assert code == 0
     return out
@@ -56,7 +56,7 @@ def test_rvos_train_runs_both_stages_on_a_feature_cache(run):
 
 def test_resume_of_a_finished_run_redoes_no_stage(run, synth, capsys):
     steps = load_checkpoint(run / "checkpoints" / "last").meta["step"]
-    code = main(["train", "configs/grounding_synth.yaml", f"data.root={synth}", *TINY,
+    code = main(["train", "grounding_synth", f"data.root={synth}", *TINY,
                  "--out", str(run), "--resume", "--quiet"])
     assert code == 0
     assert "resumed after the stages ['segmenter', 'scorer']" in capsys.readouterr().out
@@ -84,7 +84,7 @@ def test_a_tiny_set_is_fitted(tmp_path, assets):
                                          compositional_videos=1, num_frames=8, seed=2),
                        progress=False, workers=1)
     weights = assets / "weights" / "mobilenetv2_imagenet_features.pt"
-    code = main(["train", "configs/grounding_synth.yaml", f"data.root={root}",
+    code = main(["train", "grounding_synth", f"data.root={root}",
                  f"model.grounding.backbone_weights={weights}", "train.grounding.seg_steps=150",
                  "train.grounding.scorer_steps=150", "train.grounding.scorer_batch=16",
                  "train.eval_every=0", "--out", str(tmp_path / "run"), "--quiet"])

@@ -32,7 +32,7 @@ def synth(tmp_path_factory) -> Path:
 
 
 def config(synth, *extra):
-    return load_config("configs/baseline_synth.yaml", [f"data.root={synth}", *TINY, *extra])
+    return load_config("baseline_synth", [f"data.root={synth}", *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +75,26 @@ def test_init_from_refuses_another_architecture_and_a_missing_file(tmp_path, syn
 def test_cli_pretrains_on_refcoco_then_fine_tunes_on_video(tmp_path, synth, capsys):
     refcoco = make_refexp_coco(tmp_path / "coco")
     pre = tmp_path / "pre"
-    assert main(["train", "configs/baseline_synth.yaml", *TINY, "data.format=refcoco",
+    assert main(["train", "baseline_synth", *TINY, "data.format=refcoco",
                  f"data.root={refcoco}", "data.val_split=val", "train.eval_every=1", "optim.schedule=step", "optim.lr_drop_epochs=[1]",
                  "--out", str(pre), "--quiet"]) == 0
     rows = (pre / "metrics.csv").read_text().splitlines()
     assert any(",val,oIoU," in r for r in rows) and any(",val,JF," in r for r in rows)
     fine = tmp_path / "fine"
-    args = ["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY, "--out", str(fine),
+    args = ["train", "baseline_synth", f"data.root={synth}", *TINY, "--out", str(fine),
             "--quiet", "--init-from", str(pre / "checkpoints" / "last")]
     assert main(args) == 0
     assert "initialised from the weights of" in capsys.readouterr().out
     meta = load_checkpoint(fine / "checkpoints" / "last").meta
     assert meta["init_from"]["data_format"] == "refcoco" and meta["step"] == 1
     # --resume continues the fine-tuning run with its own state, keeping the record
-    assert main(["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY,
+    assert main(["train", "baseline_synth", f"data.root={synth}", *TINY,
                  "train.epochs=2", "--out", str(fine), "--quiet", "--resume"]) == 0
     meta = load_checkpoint(fine / "checkpoints" / "last").meta
     assert meta["step"] == 2 and meta["init_from"]["data_format"] == "refcoco"
     code = main([*args[:-2], "--resume", "--init-from", str(pre / "checkpoints" / "last")])
     assert code == 2 and "give one of them" in capsys.readouterr().err
-    code = main(["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY,
+    code = main(["train", "baseline_synth", f"data.root={synth}", *TINY,
                  "model.baseline.dim=64", "--out", str(tmp_path / "other"), "--quiet",
                  "--init-from", str(pre / "checkpoints" / "last")])
     err = capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_the_grounding_trainer_starts_from_weights_too(tmp_path, synth):
     from rvos.engine.checkpoint import save_checkpoint
     from rvos.engine.grounding_trainer import GroundingTrainer
 
-    cfg = load_config("configs/grounding_synth.yaml", [f"data.root={synth}", "data.input_size=[32,32]"])
+    cfg = load_config("grounding_synth", [f"data.root={synth}", "data.input_size=[32,32]"])
     source = GroundingTrainer(cfg, tmp_path / "a", progress=False, pretrained=False)
     with torch.no_grad():
         for p in source.model.parameters():

@@ -29,7 +29,7 @@ def synth(tmp_path_factory) -> Path:
 
 
 def train(run: Path, synth: Path, *extra: str) -> int:
-    return main(["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY,
+    return main(["train", "baseline_synth", f"data.root={synth}", *TINY,
                  "--out", str(run), "--quiet", *extra])
 
 
@@ -76,7 +76,7 @@ def test_a_spent_time_budget_validates_the_final_weights(tmp_path, synth):
     are validated too, so "best" can be them (validation is every 2 epochs here: the run
     stops in epoch 1, before any scheduled validation)."""
     run = tmp_path / "run"
-    assert main(["train", "configs/baseline_synth.yaml", f"data.root={synth}", *TINY,
+    assert main(["train", "baseline_synth", f"data.root={synth}", *TINY,
                  "train.time_budget_s=1e-9", "train.eval_every=2", "--out", str(run), "--quiet"]) == 0
     meta = load_checkpoint(run / "checkpoints" / "last").meta
     assert meta["step"] == 1 and len(meta["history"]) == 1

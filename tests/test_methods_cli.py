@@ -42,7 +42,7 @@ def synth(tmp_path_factory) -> Path:
 def test_method_trains_evaluates_and_predicts_through_the_cli(name, synth, tmp_path):
     extra, own_losses = METHODS[name]
     run = tmp_path / "run"
-    assert main(["train", f"configs/{name}.yaml", f"data.root={synth}", *TINY, *extra,
+    assert main(["train", name, f"data.root={synth}", *TINY, *extra,
                  "--out", str(run), "--quiet"]) == 0
     logged = {r.split(",")[3] for r in (run / "metrics.csv").read_text().splitlines()[1:]}
     assert {"class", "mask", "dice", *own_losses} <= logged

@@ -193,7 +193,7 @@ def test_train_then_evaluate_a_real_tiny_model(root, tmp_path, capsys):
     masks."""
     make_mevis(root, "train")
     run, out = tmp_path / "run", tmp_path / "eval"
-    code = main(["train", "configs/baseline_synth.yaml", f"data.root={root}", "data.format=mevis",
+    code = main(["train", "baseline_synth", f"data.root={root}", "data.format=mevis",
                  "data.train_split=train", "data.val_split=valid_u", "data.input_size=[32,32]",
                  "data.num_frames=3", "model.baseline.dim=32", "model.baseline.heads=2",
                  "model.baseline.fusion_layers=1", "optim.batch_size=2", "train.epochs=1",

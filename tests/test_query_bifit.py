@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rvos.config import load_config
+from rvos.config import CONFIG_DIR, load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.models.build import build_criterion, build_model
@@ -195,9 +195,9 @@ def test_words_updated_by_vision_depend_on_the_clip():
 def test_one_training_step_of_the_synthetic_config(monkeypatch):
     monkeypatch.chdir(REPO)
     overrides = ["data.input_size=[32,32]", "data.num_frames=2"]
-    cfg = load_config(REPO / "configs" / "bifit_synth.yaml", overrides)
+    cfg = load_config(CONFIG_DIR / "bifit_synth.yaml", overrides)
     if not (REPO / cfg.model.query.backbone_weights).is_file():
-        cfg = load_config(REPO / "configs" / "bifit_synth.yaml",
+        cfg = load_config(CONFIG_DIR / "bifit_synth.yaml",
                           overrides + ["model.query.backbone_weights=none"])
     torch.manual_seed(0)
     model, criterion = build_model(cfg), build_criterion(cfg)
@@ -214,7 +214,7 @@ def test_one_training_step_of_the_synthetic_config(monkeypatch):
     assert not torch.equal(before, model.bifit_inter_frame.layers[0].self_attn.in_proj_weight)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("bifit_*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("bifit_*.yaml")), ids=lambda p: p.stem)
 def test_configs_load_validate_and_switch_bifit_on(path):
     cfg = load_config(path)
     from rvos.models.query.build import validate_query_config
@@ -225,7 +225,7 @@ def test_configs_load_validate_and_switch_bifit_on(path):
 
 
 def test_the_expected_configs_exist():
-    assert {"bifit_synth", "bifit_ytvos_resnet50"} <= {p.stem for p in (REPO / "configs").glob("bifit_*.yaml")}
+    assert {"bifit_synth", "bifit_ytvos_resnet50"} <= {p.stem for p in CONFIG_DIR.glob("bifit_*.yaml")}
 
 
 @pytest.mark.parametrize("override, key", [

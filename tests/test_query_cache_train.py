@@ -23,7 +23,7 @@ from rvos.models.feature_cache import normalize
 
 pytestmark = pytest.mark.slow
 
-CONFIG = "configs/query_synth_frozen.yaml"
+CONFIG = "query_synth_frozen"
 TINY = ["data.input_size=[48,48]", "data.num_frames=2", "model.query.backbone_weights=none",
         "model.query.dim=32", "model.query.heads=4", "model.query.enc_layers=1",
         "model.query.dec_layers=2", "model.query.ffn_dim=64", "model.query.num_queries=3",

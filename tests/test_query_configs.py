@@ -1,4 +1,4 @@
-"""Every configs/query_*.yaml loads, validates, names weights torchvision knows, and the
+"""Every packaged query_*.yaml config loads, validates, names weights torchvision knows, and the
 synthetic ones build the model they describe."""
 
 from pathlib import Path
@@ -7,13 +7,13 @@ import pytest
 import torch
 import torchvision
 
-from rvos.config import load_config
+from rvos.config import CONFIG_DIR, load_config
 from rvos.models.backbones import torchvision_weights
 from rvos.models.build import build_criterion, build_model
 from rvos.models.query.build import validate_query_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("query_*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("query_*.yaml"))
 BUILDERS = {"resnet50": torchvision.models.resnet50, "swin_t": torchvision.models.swin_t,
             "video_swin_t": torchvision.models.video.swin3d_t,
             "video_swin_b": torchvision.models.video.swin3d_b}
@@ -41,7 +41,7 @@ def test_config_loads_and_validates(path):
                                   "query_synth_video_swin_t", "query_synth_mobilenetv2"])
 def test_synthetic_configs_build_and_run(name, monkeypatch):
     monkeypatch.chdir(REPO)      # the MobileNetV2 weights path is relative to the repo root
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
     weights = cfg.model.query.backbone_weights
     if weights.endswith(".pt") and not (REPO / weights).is_file():
         pytest.skip("offline assets (../shared/assets) absent")
@@ -79,6 +79,6 @@ DERIVED = {
 @pytest.mark.parametrize("name", sorted(DERIVED))
 def test_a_derived_config_is_its_base_plus_its_differences(name):
     base, changes = DERIVED[name]
-    child = load_config(REPO / "configs" / f"{name}.yaml")
-    assert child == load_config(REPO / "configs" / f"{base}.yaml", changes)
-    assert child != load_config(REPO / "configs" / f"{base}.yaml")
+    child = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert child == load_config(CONFIG_DIR / f"{base}.yaml", changes)
+    assert child != load_config(CONFIG_DIR / f"{base}.yaml")

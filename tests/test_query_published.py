@@ -1,4 +1,4 @@
-"""Published-scale configs (configs/*_ytvos_*.yaml, configs/*_a2d_*.yaml: every method's
+"""Published-scale configs (rvos/configs/*_ytvos_*.yaml, *_a2d_*.yaml: every method's
 config joins by its name) build with random weights without downloading anything, have
 the published text encoder's size, and run a forward pass with the documented shapes.
 Random-weight text encoders: architecture without weights, stand-in tokenizer, and the

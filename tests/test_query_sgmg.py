@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rvos.config import load_config
+from rvos.config import CONFIG_DIR, load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.inference import select_referred
@@ -261,7 +261,7 @@ def test_the_criterion_supervises_the_matched_querys_coarse_masks_only():
 
 
 # --------------------------------------------------------------------------- configs
-SGMG_CONFIGS = sorted((REPO / "configs").glob("sgmg_*.yaml"))
+SGMG_CONFIGS = sorted(CONFIG_DIR.glob("sgmg_*.yaml"))
 
 
 def test_the_sgmg_configs_exist():
@@ -302,7 +302,7 @@ def test_modules_that_cannot_work_with_the_core_settings_are_refused(overrides, 
 
 def test_one_training_step_of_the_synthetic_config(monkeypatch):
     monkeypatch.chdir(REPO)      # the MobileNetV2 weights path is relative to the repo root
-    cfg = load_config(REPO / "configs" / "sgmg_synth.yaml",
+    cfg = load_config(CONFIG_DIR / "sgmg_synth.yaml",
                       ["model.query.backbone_weights=none", "model.query.enc_layers=1"])
     torch.manual_seed(0)
     model, criterion = build_model(cfg), build_criterion(cfg)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rvos.config import load_config
+from rvos.config import CONFIG_DIR, load_config
 from rvos.data.batch import ClipBatch, ClipMeta, masks_to_boxes_cxcywh
 from rvos.errors import RVOSError
 from rvos.models.backbones import clip_features, torchvision_weights
@@ -183,7 +183,7 @@ def test_out_of_range_soc_values_name_their_key(override, key):
 
 @pytest.mark.parametrize("name", ["soc_synth", "soc_ytvos_video_swin_t", "soc_ytvos_video_swin_b"])
 def test_soc_configs_load_and_validate(name):
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
     q = cfg.model.query
     validate_query_config(q)
     assert q.soc.clusters and q.soc.vision_text and cfg.loss.query.contrast > 0
@@ -198,7 +198,7 @@ def test_soc_configs_load_and_validate(name):
 
 def test_soc_synth_config_trains_a_step(monkeypatch):
     monkeypatch.chdir(REPO)
-    cfg = load_config(REPO / "configs" / "soc_synth.yaml", ["model.query.backbone_weights=none"])
+    cfg = load_config(CONFIG_DIR / "soc_synth.yaml", ["model.query.backbone_weights=none"])
     torch.manual_seed(0)
     model, criterion = build_model(cfg), build_criterion(cfg)
     model.train()

@@ -33,7 +33,7 @@ def synth(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, synth) -> Path:
     out = tmp_path_factory.mktemp("query") / "run"
-    code = main(["train", "configs/query_synth_resnet50.yaml", f"data.root={synth}", *TINY,
+    code = main(["train", "query_synth_resnet50", f"data.root={synth}", *TINY,
                  "--out", str(out), "--quiet"])
     assert code == 0
     return out
@@ -67,7 +67,7 @@ def test_joint_image_and_video_training(tmp_path, synth):
 
     refcoco = make_refcoco(tmp_path / "refcoco")
     out = tmp_path / "joint"
-    code = main(["train", "configs/query_synth_resnet50.yaml", f"data.root={synth}", *TINY,
+    code = main(["train", "query_synth_resnet50", f"data.root={synth}", *TINY,
                  f"data.refcoco_root={refcoco}", "data.joint_image_ratio=0.5",
                  "train.eval_every=0", "--out", str(out), "--quiet"])
     assert code == 0

@@ -1,7 +1,7 @@
 """Schema of the query-based model and its criterion (see rvos/config.py for loading).
 
 Defaults are a small model that trains on CPU; the published-scale settings of the
-anchors (ReferFormer / SOC / SgMg) are written out in configs/query_ytvos_*.yaml.
+anchors (ReferFormer / SOC / SgMg) are written out in rvos/configs/query_ytvos_*.yaml.
 """
 
 from __future__ import annotations
