@@ -16,6 +16,7 @@ Results are printed and written as JSON (``<out>/baseline_speed.json``,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -29,7 +30,10 @@ import torch
 
 from rvos.config import CONFIG_DIR, base_chain, load_config, resolve_config
 from rvos.errors import RVOSError
+from rvos.extras import optional_module
 from rvos.inference import resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -108,13 +112,13 @@ def speed_benchmark(device: str = "auto") -> dict:
         r = measure_in_subprocess(kind="inference", backbone=backbone, device_name=device,
                                   size=(360, 640), num_frames=8, repeats=2)
         results["inference_360x640"][backbone] = r
-        print(f"inference 360x640 {backbone}: {r['frames_per_s']:.2f} frames/s, "
-              f"peak memory {r['peak_memory_mb']:.0f} MB")
+        logger.info(f"inference 360x640 {backbone}: {r['frames_per_s']:.2f} frames/s, "
+                    f"peak memory {r['peak_memory_mb']:.0f} MB")
         r = measure_in_subprocess(kind="training", backbone=backbone, device_name=device,
                                   size=(128, 128), num_frames=4, repeats=5)
         results["training_128x128"][backbone] = r
-        print(f"training 128x128 T=4 {backbone}: {r['clips_per_s']:.2f} clips/s, "
-              f"peak memory {r['peak_memory_mb']:.0f} MB")
+        logger.info(f"training 128x128 T=4 {backbone}: {r['clips_per_s']:.2f} clips/s, "
+                    f"peak memory {r['peak_memory_mb']:.0f} MB")
     return results
 
 
@@ -293,15 +297,14 @@ def query_speed_benchmark(out: Path, configs: list[Path] | None = None, device: 
     for config in configs:
         result["results"][config.stem] = {}
         for t, n in zip(frames, repeats):
-            print(f"{config.stem}: T={t} at {h}x{w}, {n} timed pass(es) ...", flush=True)
+            logger.info(f"{config.stem}: T={t} at {h}x{w}, {n} timed pass(es) ...")
             r = _run_in_subprocess(_measure_query_speed, config=str(config),
                                    overrides=list(overrides), device_name=device, size=(h, w),
                                    num_frames=t, repeats=n)
             r = {"frames": t, "repeats": n, **r}
             result["results"][config.stem][f"T{t}"] = r
-            print(f"  {r['error']}" if "error" in r else
-                  f"  {r['frames_per_s']:.2f} frames/s, peak memory {r['peak_memory_mb']:.0f} MB",
-                  flush=True)
+            logger.info(f"  {r['error']}" if "error" in r else
+                        f"  {r['frames_per_s']:.2f} frames/s, peak memory {r['peak_memory_mb']:.0f} MB")
             result["total_s"] = time.monotonic() - start
             try:
                 write_file_atomic(json_path, json.dumps(result, indent=1))
@@ -561,9 +564,9 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
     out = Path(out)
     root = out / "quality"
     json_path, png_path = out / "quality.json", out / "quality.png"
-    print(f"quality benchmark: {len(configs)} config(s) x {len(seeds)} seed(s), "
-          f"{budget_s:.0f} s training each (about {len(configs) * len(seeds) * budget_s / 60:.0f} min "
-          f"of training, plus data and evaluation)", flush=True)
+    logger.info(f"quality benchmark: {len(configs)} config(s) x {len(seeds)} seed(s), "
+                f"{budget_s:.0f} s training each (about {len(configs) * len(seeds) * budget_s / 60:.0f} "
+                "min of training, plus data and evaluation)")
     results_folder(out, ["quality", "quality.json", "quality.png"], overwrite, "bench")
     output = InPlaceOutput(root, "bench quality", overwrite=overwrite,
                            started_when="*/seed*/summary.json",
@@ -573,11 +576,15 @@ def quality_benchmark(out: Path, budget_s: float = QUALITY_BUDGET_S, configs: li
                                       train_videos, eval_samples)
         result["complete"] = True
         result["total_s"] = time.monotonic() - start
+        plots = optional_module("matplotlib", "no quality.png") is not None
+        if not plots:
+            result["png"] = None
         write_file_atomic(json_path, json.dumps(result, indent=1))
-        plot_quality(result["aggregate"], png_path, error,
-                     title=f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), "
-                           f"{budget_s:.0f} s budget each; error bars "
-                           f"{'min..max' if error == 'minmax' else '± std'}")
+        if plots:
+            plot_quality(result["aggregate"], png_path, error,
+                         title=f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), "
+                               f"{budget_s:.0f} s budget each; error bars "
+                               f"{'min..max' if error == 'minmax' else '± std'}")
     return result
 
 
@@ -608,7 +615,7 @@ def _quality_runs(out: Path, root: Path, configs: list[Path], seeds: list[int], 
     result["cache_s"] = time.monotonic() - t
     for seed in seeds:
         for config in configs:
-            print(f"== {config.stem}, seed {seed} ==", flush=True)
+            logger.info(f"== {config.stem}, seed {seed} ==")
             run_dir = root / config.stem / f"seed{seed}"
             summary = train_evaluate_predict(run_dir, root / "data", config, budget_s, progress,
                                              [f"train.seed={seed}", *shared_cache, *overrides_device],
@@ -693,7 +700,7 @@ def run_baseline_benchmarks(args) -> None:
         print()
         print(format_quality_aggregate(result["aggregate"]))
         print(f"training budget {result['budget_s']:.0f} s per run; total {result['total_s'] / 60:.1f} min")
-        print(f"wrote {result['json']} and {result['png']}")
+        print(f"wrote {result['json']}" + (f" and {result['png']}" if result["png"] else ""))
     if "fewshot" in args.what:
         from rvos.bench_fewshot import (FEWSHOT_VIDEOS_PER_CATEGORY, fewshot_benchmark,
                                         format_fewshot_aggregate)

@@ -12,12 +12,15 @@ feature cache every run reads, built before the first run so no budget pays for 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
 from rvos.errors import RVOSError
+
+logger = logging.getLogger(__name__)
 
 FEWSHOT_VIDEOS_PER_CATEGORY = 40
 METRICS = ("JF", "J", "F", "object_accuracy")
@@ -122,8 +125,8 @@ def fewshot_benchmark(out: Path, configs: list[Path], folds: list[int], seeds: l
     root = out / "fewshot"
     json_path = out / "fewshot.json"
     bound = ("the configs' step counts" if budget_s is None else f"{budget_s:.0f} s training each")
-    print(f"few-shot benchmark: {len(configs)} config(s) x {len(folds)} fold(s) x {len(seeds)} "
-          f"seed(s), {bound}", flush=True)
+    logger.info(f"few-shot benchmark: {len(configs)} config(s) x {len(folds)} fold(s) x "
+                f"{len(seeds)} seed(s), {bound}")
     results_folder(out, ["fewshot", "fewshot.json"], overwrite, "bench")
     output = InPlaceOutput(root, "bench fewshot", overwrite=overwrite,
                            started_when="*/fold*/seed*/summary.json", companions=("fewshot.json",))
@@ -163,7 +166,7 @@ def _runs(root: Path, json_path: Path, configs: list[Path], folds: list[int], se
     for seed in seeds:
         for fold in folds:
             for config in configs:
-                print(f"== {config.stem}, fold {fold}, seed {seed} ==", flush=True)
+                logger.info(f"== {config.stem}, fold {fold}, seed {seed} ==")
                 run_dir = root / config.stem / f"fold{fold}" / f"seed{seed}"
                 cfg = load_config(config, [*common, f"data.fewshot.fold={fold}", f"train.seed={seed}"])
                 t = time.monotonic()
@@ -194,6 +197,6 @@ def _runs(root: Path, json_path: Path, configs: list[Path], folds: list[int], se
                 result["total_s"] = time.monotonic() - start
                 write_file_atomic(json_path, json.dumps(result, indent=1))
                 output.started()
-                print(" ".join(f"{k}-shot J&F {r['overall']['JF']:.3f}" for k, r in zip(shots, results)),
-                      flush=True)
+                logger.info(" ".join(f"{k}-shot J&F {r['overall']['JF']:.3f}"
+                                     for k, r in zip(shots, results)))
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import math
 import os
 import re
@@ -604,8 +605,44 @@ def _version() -> str:
     return f"rvos {__version__}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the ``sys.stderr`` of the moment (redirections and test
+    captures made after the handler was installed included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _PlainFormatter(logging.Formatter):
+    """The message alone; warnings and errors prefixed ``warning:`` / ``error:``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def install_log_handler(quiet: bool = False) -> logging.Handler:
+    """The command's one log handler, on the ``rvos`` logger only: plain messages to stderr,
+    INFO and above (WARNING with ``--quiet``). The root logger and other libraries' loggers
+    are left as they are; a handler installed by an earlier call is replaced."""
+    logger = logging.getLogger("rvos")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(_PlainFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    install_log_handler(getattr(args, "quiet", False))
     command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
         return args.func(args)

@@ -17,6 +17,7 @@ a save resumes from the last checkpoint written (the end of an epoch or of a sto
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import random
 import signal
@@ -39,9 +40,12 @@ from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weigh
                                     save_checkpoint)
 from rvos.engine.lr_schedules import build_scheduler, schedule_of_state
 from rvos.errors import RVOSError
+from rvos.extras import optional_module
 from rvos.inference import Predictor, resolve_device
 from rvos.losses import weighted_total
 from rvos.models.build import build_criterion, build_model
+
+_log = logging.getLogger(__name__)   # ``logger`` below is a run's MetricsLogger
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -96,7 +100,7 @@ class MetricsLogger:
         if new:
             self._csv.writerow(["step", "epoch", "split", "name", "value"])
         self._tb = None
-        if tensorboard:
+        if tensorboard and optional_module("tensorboard", "no tensorboard/ logs") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -433,10 +437,13 @@ def validation_figures(summary: dict) -> dict[str, float]:
 
 
 def plot_run_curves(run_dir: Path) -> None:
-    """``curves.png`` from ``metrics.csv``; a failure is a warning, never a lost run."""
+    """``curves.png`` from ``metrics.csv`` (none without matplotlib, the plots extra); a
+    failure is a warning, never a lost run."""
+    if optional_module("matplotlib", "no curves.png") is None:
+        return
     try:
         from rvos.viz import plot_training_curves
 
         plot_training_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     except Exception as e:  # a plot must never cost a finished training run
-        print(f"warning: could not plot training curves: {e}")
+        _log.warning(f"could not plot training curves: {e}")

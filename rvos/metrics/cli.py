@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
 from rvos.errors import RVOSError
 from rvos.metrics.davis import DEFAULT_BOUND_TH
+
+logger = logging.getLogger(__name__)
 
 BENCHMARKS = ("davis-semi", "davis-unsup", "ref-davis", "ref-ytvos", "a2d", "jhmdb", "mevis")
 
@@ -214,7 +217,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     json_path = write_json(out / f"{args.benchmark}.json", report)
     print(table)
     for w in report.get("warnings", []):
-        print(f"warning: {w}")
+        logger.warning(w)
     if args.benchmark in _CSV_NAMES:
         csv_path = write_csv(out / f"{args.benchmark}_{_CSV_NAMES[args.benchmark]}.csv", rows)
         print(f"results: {json_path}  {_CSV_NAMES[args.benchmark].replace('_', '-')}: {csv_path}")

@@ -20,6 +20,8 @@ import os
 import re
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,17 +146,34 @@ def _local_tokenizer(source: str):
         return None
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own warnings and download progress bars off while the block runs (a
+    model built from a config, a tokenizer found locally), and back as they were after: rvos
+    never changes another library's log settings for good."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def build_random_encoder(name: str):
     """(tokenizer, model, stand_in) for ``name`` with random weights, reading no weights and
     downloading nothing; ``stand_in`` tells that the tokenizer is a :class:`StandInTokenizer`
     (the real one's files are absent). Initialised from torch's global generator."""
-    import transformers
     from transformers import AutoModel
 
-    transformers.logging.set_verbosity_error()
-    config = text_architecture(name)
-    model = AutoModel.from_config(config)
-    tokenizer = _local_tokenizer(resolve_text_model(name))
+    with quiet_transformers():
+        config = text_architecture(name)
+        model = AutoModel.from_config(config)
+        tokenizer = _local_tokenizer(resolve_text_model(name))
     if tokenizer is not None:
         return tokenizer, model, False
     first, last, pad = _SPECIAL_IDS.get(config.model_type, (
@@ -165,11 +184,7 @@ def build_random_encoder(name: str):
 
 def load_hf_encoder(name: str):
     """(tokenizer, model) from a Hugging Face name or folder, with a clear error offline."""
-    import transformers
     from transformers import AutoModel, AutoTokenizer
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
     source = resolve_text_model(name)
     local = Path(source).exists()
@@ -177,10 +192,11 @@ def load_hf_encoder(name: str):
         raise RVOSError("text encoder folder not found (pass model.text.name=<folder with "
                         "config.json, tokenizer and weights>)", name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local or
-                                                  os.environ.get("HF_HUB_OFFLINE") == "1")
-        model = AutoModel.from_pretrained(source, local_files_only=local or
-                                          os.environ.get("HF_HUB_OFFLINE") == "1")
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local or
+                                                      os.environ.get("HF_HUB_OFFLINE") == "1")
+            model = AutoModel.from_pretrained(source, local_files_only=local or
+                                              os.environ.get("HF_HUB_OFFLINE") == "1")
     except (OSError, ValueError) as e:
         raise RVOSError(
             f"cannot load text encoder {name!r} ({type(e).__name__}). Put its files (config.json, "
@@ -226,8 +242,10 @@ class TextEncoder(nn.Module):
         from transformers import AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                resolve_text_model(self.name), local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    resolve_text_model(self.name),
+                    local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
         except (OSError, ValueError) as e:
             raise RVOSError(
                 f"trained weights need the real tokenizer of text encoder {self.name!r}, not on "

@@ -67,18 +67,19 @@ class VisionLanguageFusion(nn.Module):
 def _roberta(cfg: ReferFormerConfig) -> nn.Module:
     """RoBERTa with the checkpoint's architecture and random weights (the weights come from
     the converted checkpoint), reading and downloading nothing."""
-    import transformers
     from transformers import RobertaConfig, RobertaModel
 
-    transformers.logging.set_verbosity_error()
+    from rvos.models.text import quiet_transformers
+
     t = cfg.text
-    config = RobertaConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-                           num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-                           intermediate_size=t.intermediate_size,
-                           max_position_embeddings=t.max_positions,
-                           type_vocab_size=t.type_vocab_size, layer_norm_eps=t.layer_norm_eps,
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    return RobertaModel(config)
+    with quiet_transformers():
+        config = RobertaConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                               num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+                               intermediate_size=t.intermediate_size,
+                               max_position_embeddings=t.max_positions,
+                               type_vocab_size=t.type_vocab_size, layer_norm_eps=t.layer_norm_eps,
+                               pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        return RobertaModel(config)
 
 
 class ReferFormer(nn.Module):
@@ -325,9 +326,12 @@ def load_roberta_tokenizer(folder: str):
     when empty, from the Hugging Face cache's roberta-base; never downloads."""
     from transformers import RobertaTokenizerFast
 
+    from rvos.models.text import quiet_transformers
+
     source = folder or "roberta-base"
     try:
-        return RobertaTokenizerFast.from_pretrained(source, local_files_only=True)
+        with quiet_transformers():
+            return RobertaTokenizerFast.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError, TypeError):
         raise RVOSError(
             "the RoBERTa tokenizer is not on this machine: download roberta-base's vocab.json "
