@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if needed) and install rvos with everything it needs, offline-friendly:
-# torch 2.14.1 + torchvision 0.29.1 from pip, the rest from PyPI. Idempotent and quick when
-# everything is already installed.
+# torch 2.14.1 + torchvision 0.29.1 from pip, the rest (with the extras the tests use) from
+# PyPI. Idempotent and quick when everything is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,6 +12,6 @@ stamp=.venv/.rvos-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,all]'   # all: the tensorboard and plots extras
   touch "$stamp"
 fi
