@@ -627,7 +627,7 @@ def _quality_runs(out: Path, root: Path, configs: list[Path], seeds: list[int], 
             result["total_s"] = time.monotonic() - start
             write_file_atomic(json_path, json.dumps(result, indent=1))
             output.started()            # the earlier results are no longer needed
-        print(format_quality_table({"budget_s": budget_s, "runs": {
+        logger.info(format_quality_table({"budget_s": budget_s, "runs": {
             r["config"]: r for r in result["runs"] if r["seed"] == seed}}))
     return result, start
 
