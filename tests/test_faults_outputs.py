@@ -621,7 +621,7 @@ def _fake_demo_data(root, progress=True, train_videos=0):
 
 
 def _fake_train_evaluate_predict(out, data_root, config_path, budget_s, progress=True, overrides=None,
-                                 eval_samples=0):
+                                 eval_samples=0, weights=None):
     (out / "run").mkdir(parents=True)
     (out / "run" / "config.yaml").write_text("new")
     _point("trained")
