@@ -1,4 +1,4 @@
-"""The ``rvos`` command: data, train, evaluate, predict, bench, demo.
+"""The ``rvos`` command: data, train, evaluate, predict, serve, bench, demo.
 
 Every command reports bad input (an argument out of range, a file it cannot read or write)
 as one line naming the argument or the file and the problem, with exit status 2, instead
@@ -361,6 +361,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rvos.inference import Predictor
+    from rvos.serve import check_gradio, serve
+
+    check_gradio()                                                # before loading the model
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+    serve(predictor, args.host, args.port, args.max_frames, args.max_upload_mb, args.threshold,
+          examples=not args.no_examples)
+    return 0
+
+
 # ----------------------------------------------------------------------------- convert
 def cmd_convert(args: argparse.Namespace) -> int:
     from rvos.convert import convert_checkpoint
@@ -493,6 +505,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-gif", action="store_true")
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser("serve", parents=[common],
+                        help="a local web demo: upload a video, type sentences, see the masks",
+                        description="Serve a Gradio page at http://HOST:PORT (needs "
+                                    "pip install 'rvos[serve]'); Ctrl-C stops it.")
+    sv.add_argument("--checkpoint", required=True, help="checkpoint file (NAME.safetensors, or NAME)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_count, default=7860)
+    sv.add_argument("--max-frames", type=_count, default=3000,
+                    help="longest video taken, in frames (default 3000)")
+    sv.add_argument("--max-upload-mb", type=_count, default=500,
+                    help="largest upload taken, in MB (default 500)")
+    sv.add_argument("--threshold", type=_probability_threshold, default=0.5)
+    sv.add_argument("--window", type=_count, help="frames per window (memory bound)")
+    sv.add_argument("--device", type=_device, default="auto")
+    sv.add_argument("--no-examples", action="store_true", help="no bundled synthetic examples")
+    sv.set_defaults(func=cmd_serve)
 
     cv = sub.add_parser("convert", parents=[common],
                         help="convert a released ReferFormer-layout checkpoint (.pth) to rvos")
