@@ -513,14 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--checkpoint", required=True, help="checkpoint file (NAME.safetensors, or NAME)")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=_count, default=7860)
+    sv.add_argument("--port", type=_count, default=7860, help="default 7860")
     sv.add_argument("--max-frames", type=_count, default=3000,
                     help="longest video taken, in frames (default 3000)")
     sv.add_argument("--max-upload-mb", type=_count, default=500,
                     help="largest upload taken, in MB (default 500)")
-    sv.add_argument("--threshold", type=_probability_threshold, default=0.5)
+    sv.add_argument("--threshold", type=_probability_threshold, default=0.5,
+                    help="mask probability threshold (default 0.5)")
     sv.add_argument("--window", type=_count, help="frames per window (memory bound)")
-    sv.add_argument("--device", type=_device, default="auto")
+    sv.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N")
     sv.add_argument("--no-examples", action="store_true", help="no bundled synthetic examples")
     sv.set_defaults(func=cmd_serve)
 

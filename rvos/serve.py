@@ -244,7 +244,7 @@ def build_app(segmenter: Segmenter, examples: list[tuple[Path, str]], max_upload
                                   interactive=False)
                 summary_out = gr.Markdown(elem_id="summary")
         gallery_out = gr.Gallery(label="Masks, a few frames per sentence",
-                                 columns=2 * GALLERY_FRAMES, height="auto",
+                                 columns=2 * GALLERY_FRAMES, height=240,
                                  object_fit="contain",
                                  elem_id="gallery")
         button.click(run, [video_in, text_in], [overlay_out, zip_out, gallery_out, summary_out],
@@ -276,17 +276,17 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 7860,
     folder before Gradio is imported (it reads GRADIO_TEMP_DIR then); analytics are off.
     """
     check_gradio()
+    _stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="rvos-serve-"))
-    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = None
     try:
+        os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         import gradio as gr
 
         segmenter = Segmenter(predictor, workdir, max_frames, threshold)
         bundled = write_examples(workdir / "examples") if examples else []
         app = build_app(segmenter, bundled, max_upload_mb)
-        _stop_on_sigterm()
         print(f"rvos serve: files in {workdir} (removed when the server stops)", flush=True)
         try:
             app.launch(server_name=host, server_port=port, share=False, inbrowser=False,

@@ -103,6 +103,24 @@ def test_a_good_video_gives_the_overlay_and_the_masks(segmenter, tmp_path):
     assert result.warnings == []
 
 
+def test_a_damaged_upload_gets_a_warning(segmenter, tmp_path, monkeypatch):
+    import warnings
+
+    import rvos.serve
+    from rvos.data.video_io import IncompleteVideoWarning
+
+    def damaged(predictor, video, *args, **kwargs):
+        warnings.warn(f"{video}: decoded 5 frames but its container lists 6", IncompleteVideoWarning)
+        return real(predictor, video, *args, **kwargs)
+
+    real = rvos.serve.segment_video
+    monkeypatch.setattr(rvos.serve, "segment_video", damaged)
+    clip = write_clip(tmp_path / "clip.mp4")
+    result = segmenter.segment(clip, "x")
+    assert result.warnings == ["clip.mp4: decoded 5 frames but its container lists 6"]
+    assert "**Warning:** clip.mp4: decoded 5" in result.summary
+
+
 @pytest.mark.parametrize("name, content, text, message", [
     (None, None, "a", "upload a video (or pick an example) first"),
     ("clip.mp4", "good", " \n ", "type at least one sentence"),
@@ -130,12 +148,11 @@ def test_a_bad_upload_gets_a_clear_message(segmenter, tmp_path, name, content, t
     assert "upload-folder" not in shown          # the server's paths are not shown
 
 
-def test_old_runs_are_removed(segmenter, tmp_path):
-    clip = write_clip(tmp_path / "clip.mp4", frames=2, size=(16, 16))
-    for _ in range(10):
-        segmenter.segment(clip, "x")
-    from rvos.serve import KEEP_RUNS
-    assert len(list(segmenter.runs.iterdir())) == KEEP_RUNS
+def test_old_runs_are_removed(segmenter, tmp_path, monkeypatch):
+    monkeypatch.setattr("rvos.serve.KEEP_RUNS", 2)
+    clip = write_clip(tmp_path / "clip.mp4", frames=1, size=(16, 16))
+    last = [segmenter.segment(clip, "x").overlay for _ in range(3)]
+    assert sorted(segmenter.runs.iterdir()) == [p.parents[1] for p in last[1:]]
 
 
 def test_bundled_examples_are_synthetic_videos_with_sentences(tmp_path):
