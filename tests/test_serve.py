@@ -164,6 +164,10 @@ def test_bundled_examples_are_synthetic_videos_with_sentences(tmp_path):
 
 # ----------------------------------------------------------------------------- the command
 def test_serve_without_a_checkpoint_or_gradio(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0 and "--max-frames" in capsys.readouterr().out
+
     code = main(["serve", "--checkpoint", str(tmp_path / "none")])
     err = capsys.readouterr().err
     assert code == 2 and "checkpoint not found" in err and err.count("\n") == 1
