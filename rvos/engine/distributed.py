@@ -213,6 +213,23 @@ class ReportedByRankZero(RVOSError):
 
 
 # ----------------------------------------------------------------------------- BatchNorm
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with its gradient: each rank's input feeds every rank's output, so
+    the gradient of an input is the sum of the output gradients of all ranks."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics are those of the batch of every rank
     together (gloo on CPUs, where ``torch.nn.SyncBatchNorm`` does not run): the per-channel
@@ -227,13 +244,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         xf = x.float()
         count = torch.full((1,), x.numel() // c, dtype=xf.dtype, device=x.device)
-        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        stats = _SumOverRanks.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)     # biased, as BatchNorm's

@@ -497,7 +497,7 @@ class Trainer(StopOnSignal):
                     accumulating = (self.state.micro_step + 1) % o.accumulate_steps != 0
                     with self._no_sync(accumulating):
                         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                            output = self.net(batch.frames, batch.texts)
+                            output = self._forward(batch)
                             losses = self.criterion(output, batch)
                             total = weighted_total(losses, self.criterion.weights)
                         self._check_finite(total)
@@ -552,6 +552,18 @@ class Trainer(StopOnSignal):
                 logger.close()
                 self._plot()
         return self.state
+
+    def _forward(self, batch) -> object:
+        """The model's output for ``batch`` (through DDP / compile); DDP's complaint about
+        parameters left without a gradient becomes a one-line error naming the switch."""
+        try:
+            return self.net(batch.frames, batch.texts)
+        except RuntimeError as e:
+            if self.ddp is not None and "find_unused_parameters" in str(e):
+                raise RVOSError("some trainable parameters got no gradient in the last step "
+                                "(a part of the model the loss does not use): set "
+                                "train.find_unused_parameters=true", self.run_dir) from None
+            raise
 
     def _no_sync(self, accumulating: bool):
         """DDP's ``no_sync`` during the micro-steps that accumulate (no gradient all-reduce
