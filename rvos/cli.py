@@ -325,22 +325,24 @@ def _evaluate_distributed(args: argparse.Namespace, cfg, protocol, out: Path,
 
     device = distributed.setup(args.device)
     main = distributed.is_main()
-    predictor = Predictor.from_checkpoint(args.checkpoint, str(device), args.window, amp=args.amp)
-    request = EvaluationRequest(predictor, Path(args.data or cfg.data.root), list(args.split),
-                                None, args.threshold, args.max_samples, args.save_masks,
+    request = EvaluationRequest(None, Path(args.data or cfg.data.root), list(args.split), None,
+                                args.threshold, args.max_samples, args.save_masks,
                                 progress=main and not args.quiet, options=args)
-    if not (getattr(protocol, "SHARDED", False) and protocol.shardable(request)):
-        if not main:
-            return 0
-        print("this evaluation runs on rank 0 alone (the ranks share ref-ytvos scored splits "
-              "without --save-masks only)", file=sys.stderr)
-        request.shard = None
-    else:
-        request.shard = distributed.shard()
+    sharded = getattr(protocol, "SHARDED", False) and protocol.shardable(request)
+    if not sharded and not main:
+        return 0
+    request.predictor = Predictor.from_checkpoint(args.checkpoint, str(device), args.window,
+                                                  amp=args.amp)
     with ExitStack() as stack:
-        # rank 0's staged folder; its checks fail on every rank, before any work
-        request.stage = distributed.main_only(stack.enter_context,
-                                              staged_output(out, overwrite, "evaluate"))
+        if sharded:
+            request.shard = distributed.shard()
+            # rank 0's staged folder; its checks fail on every rank, before any work
+            request.stage = distributed.main_only(stack.enter_context,
+                                                  staged_output(out, overwrite, "evaluate"))
+        else:                           # rank 0 alone: no collectives from here on
+            print("this evaluation runs on rank 0 alone (the ranks share ref-ytvos scored "
+                  "splits without --save-masks only)", file=sys.stderr)
+            request.stage = stack.enter_context(staged_output(out, overwrite, "evaluate"))
         report = protocol.evaluate(request)
     if main:
         print(report.table)
@@ -715,6 +717,12 @@ def _resume_hint(args: argparse.Namespace, stop: BaseException) -> str:
     if args.command != "train":
         return f"; its checkpoint is in {stop.run_dir}"
     words = ["rvos", "train", args.config, *args.overrides, "--out", str(stop.run_dir), "--resume"]
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world not in ("", "1"):          # torchrun: the same number of processes
+        words = ["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', world)}",
+                 "-m", *words]
+        return ("; resume with the same torchrun options (" + world + " processes): " +
+                " ".join(shlex.quote(w) for w in words))
     return "; resume with: " + " ".join(shlex.quote(w) for w in words)
 
 

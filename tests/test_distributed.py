@@ -125,6 +125,10 @@ def _group(rank: int, world: int, port: int, cfg_overrides: list[str], folders: 
         report["validation"] = summary
         report["evaluate"] = main(["evaluate", "--checkpoint", folders["checkpoint"], "--split",
                                    "valid", "--out", folders["eval"], "--quiet"])
+        # masks are written by one process: rank 0 alone, the others return at once
+        report["evaluate_masks"] = main(["evaluate", "--checkpoint", folders["checkpoint"],
+                                         "--split", "valid", "--out", folders["eval_masks"],
+                                         "--quiet", "--save-masks"])
     except BaseException:
         report["error"] = traceback.format_exc()
     report["writes"] = writes
@@ -145,7 +149,8 @@ def synth(tmp_path_factory) -> Path:
 def group(tmp_path_factory, synth) -> dict:
     """The two-process group's folders and both ranks' reports."""
     work = tmp_path_factory.mktemp("ddp")
-    folders = {name: str(work / name) for name in ("straight", "stopped", "eval", "reports")}
+    folders = {name: str(work / name)
+               for name in ("straight", "stopped", "eval", "eval_masks", "reports")}
     folders["work"] = str(work)
     folders["checkpoint"] = str(work / "straight" / "checkpoints" / "last")
     Path(folders["reports"]).mkdir()
@@ -227,6 +232,12 @@ def test_sharded_evaluation_and_validation_give_the_single_process_figures(group
     assert (sharded / "per_expression.csv").read_text() == (out / "per_expression.csv").read_text()
     r0, r1 = group["reports"]
     assert r0["validation"] == r1["validation"] == metrics["valid"]
+    # --save-masks: rank 0 alone, the same figures and the masks
+    assert [r["evaluate_masks"] for r in group["reports"]] == [0, 0]
+    with_masks = group["folders"]["eval_masks"]
+    assert json.loads((with_masks / "metrics.json").read_text()) == metrics
+    assert len(list((with_masks / "predictions" / "valid" / "Annotations").rglob("*.png"))) == \
+        8 * 5                                             # 8 expressions x 5 frames
 
 
 def test_only_rank_0_writes(group):

@@ -273,7 +273,7 @@ class Trainer(StopOnSignal):
         if self.world > 1 and cfg.train.sync_bn:
             distributed.synchronise_batchnorm(self.model, self.device)
         if self.rank:        # the same initial weights everywhere, dropout draws of its own
-            seed_everything(cfg.train.seed + 1_000_003 * self.rank)
+            seed_everything((cfg.train.seed + 1_000_003 * self.rank) % 2**32)
         if self.device.type == "cuda":
             set_tf32(cfg.train.tf32)
         self.ddp, self.net = self._wrap(self.model)
