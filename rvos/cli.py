@@ -1,4 +1,4 @@
-"""The ``rvos`` command: data, train, evaluate, predict, bench, demo.
+"""The ``rvos`` command: data, train, evaluate, predict, serve, bench, demo.
 
 Every command reports bad input (an argument out of range, a file it cannot read or write)
 as one line naming the argument or the file and the problem, with exit status 2, instead
@@ -166,7 +166,21 @@ def cmd_data_convert_davis(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    """Under torchrun (``torchrun --nproc-per-node N -m rvos train ...``) every process runs
+    this; rank 0 alone prepares the run folder, writes and prints."""
+    from rvos.engine import distributed
+
+    try:
+        return _train(args)
+    finally:
+        distributed.teardown()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from rvos.config import load_config, resolve_config
+    from rvos.engine import distributed
     from rvos.outputs_dir import InPlaceOutput, check_inputs_outside
 
     cfg = load_config(args.config, args.overrides)
@@ -181,11 +195,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is None:
         check_inputs_outside(run_dir, {"config": resolve_config(args.config), "data.root": cfg.data.root,
                                        "--init-from": args.init_from})
+    if cfg.model.kind in ("grounding", "fewshot") or cfg.train.feature_cache:
+        distributed.refuse(f"model.kind {cfg.model.kind}" + (
+            " with train.feature_cache" if cfg.train.feature_cache else "") + " trains")
+    distributed.setup(cfg.train.device)           # torchrun: join the process group
+    main = distributed.is_main()
     # A run folder is written in place (its checkpoints must survive a kill) and marked; a
     # run it replaces (--overwrite) is moved aside once the new run is set up, and removed
-    # once the new run has its first checkpoint (restored if it fails before).
-    output = InPlaceOutput(run_dir, "train", overwrite=args.overwrite,
-                           resume=args.resume is not None, started_when="checkpoints/last*")
+    # once the new run has its first checkpoint (restored if it fails before). Rank 0's.
+    output = distributed.main_only(InPlaceOutput, run_dir, "train", overwrite=args.overwrite,
+                                   resume=args.resume is not None, started_when="checkpoints/last*")
     if cfg.model.kind in ("grounding", "fewshot"):
         return _train_grounding(cfg, run_dir, args, output)
     if cfg.train.feature_cache:   # the query family on cached frozen-backbone maps
@@ -195,19 +214,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     # resuming or --init-from: the weights come from a checkpoint, the initial ones are not read
     trainer = Trainer(cfg, run_dir, progress=not args.quiet,
                       pretrained=args.resume is None and not args.init_from)
+    say = print if main else (lambda *a, **k: None)
     if args.resume is not None:
         trainer.resume(args.resume or None)
-        print(f"resumed from step {trainer.state.global_step} (epoch {trainer.state.epoch + 1}, "
-              f"batch {trainer.state.micro_step})")
+        say(f"resumed from step {trainer.state.global_step} (epoch {trainer.state.epoch + 1}, "
+            f"batch {trainer.state.micro_step})")
     elif args.init_from:
         trainer.init_from(args.init_from)
-        print(f"initialised from the weights of {trainer.init_record['checkpoint']} "
-              f"(step {trainer.init_record['step']})")
-    with output:
+        say(f"initialised from the weights of {trainer.init_record['checkpoint']} "
+            f"(step {trainer.init_record['step']})")
+    with output or nullcontext():
         state = trainer.fit(stop_after_steps=args.stop_after_steps)
     done = getattr(state, "finished", state.epoch >= cfg.train.epochs)
-    print(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
-          f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
+    say(f"{'finished' if done else 'stopped (resume with --resume)'} at step {state.global_step}; "
+        f"best validation J&F {state.best_jf:.4f}; run folder {run_dir}")
     return 0
 
 
@@ -261,6 +281,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                ("checkpoint", "data", "expressions", "pred", "gt", "meta",
                                 "mask_dict", "frame_sizes", "sequences")})
     if args.benchmark:
+        _refuse_several_processes("rvos evaluate --benchmark")
         return _evaluate_benchmark(args, out, overwrite)
     if not args.checkpoint:
         raise RVOSError("rvos evaluate needs --checkpoint (score a model) or --benchmark "
@@ -271,8 +292,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = load_checkpoint(args.checkpoint).config
     if cfg.model.kind == "fewshot":
+        _refuse_several_processes("rvos evaluate of a few-shot checkpoint")
         return _evaluate_fewshot(args, cfg, out, overwrite)
     protocol = protocol_module(args.dataset or cfg.data.format)
+    from rvos.engine import distributed
+
+    if distributed.requested_world_size() > 1:
+        try:
+            return _evaluate_distributed(args, cfg, protocol, out, overwrite)
+        finally:
+            distributed.teardown()
     owned = (*protocol.OUTPUTS, ".rvos-output", *([args.zip] if getattr(args, "zip", None) else []))
     others = sorted(p.name for p in out.iterdir() if p.name not in owned) if out.is_dir() else []
     if overwrite and others and not out.is_symlink():
@@ -281,13 +310,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # staged: earlier results are replaced only as a whole (--overwrite), and a killed run
     # leaves them untouched, never new masks beside old metrics
     with staged_output(out, overwrite, "evaluate") as stage:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window,
+                                              amp=args.amp)
         request = EvaluationRequest(predictor, Path(args.data or cfg.data.root), list(args.split),
                                     stage, args.threshold, args.max_samples, args.save_masks,
                                     progress=not args.quiet, options=args)
         report = protocol.evaluate(request)
     print(report.table)
     print("  ".join(f"{name}: {out / path.relative_to(stage)}" for name, path in report.files.items()))
+    return 0
+
+
+def _evaluate_distributed(args: argparse.Namespace, cfg, protocol, out: Path,
+                          overwrite: bool) -> int:
+    """``rvos evaluate --checkpoint`` under torchrun. A request the protocol can share
+    (``shardable``: ref-ytvos scored splits without --save-masks) is segmented by every rank,
+    each its share of the videos, and merged; rank 0 writes the results, the same files as
+    one process writes. Anything else runs on rank 0 alone (the other ranks return at once)."""
+    from contextlib import ExitStack
+
+    from rvos.engine import distributed
+    from rvos.engine.protocols import EvaluationRequest
+    from rvos.inference import Predictor
+    from rvos.outputs_dir import staged_output
+
+    device = distributed.setup(args.device)
+    main = distributed.is_main()
+    request = EvaluationRequest(None, Path(args.data or cfg.data.root), list(args.split), None,
+                                args.threshold, args.max_samples, args.save_masks,
+                                progress=main and not args.quiet, options=args)
+    sharded = getattr(protocol, "SHARDED", False) and protocol.shardable(request)
+    if not sharded and not main:
+        return 0
+    request.predictor = Predictor.from_checkpoint(args.checkpoint, str(device), args.window,
+                                                  amp=args.amp)
+    with ExitStack() as stack:
+        if sharded:
+            request.shard = distributed.shard()
+            # rank 0's staged folder; its checks fail on every rank, before any work
+            request.stage = distributed.main_only(stack.enter_context,
+                                                  staged_output(out, overwrite, "evaluate"))
+        else:                           # rank 0 alone: no collectives from here on
+            print("this evaluation runs on rank 0 alone (the ranks share ref-ytvos scored "
+                  "splits without --save-masks only)", file=sys.stderr)
+            request.stage = stack.enter_context(staged_output(out, overwrite, "evaluate"))
+        report = protocol.evaluate(request)
+    if main:
+        print(report.table)
+        print("  ".join(f"{name}: {out / path.relative_to(request.stage)}"
+                        for name, path in report.files.items()))
     return 0
 
 
@@ -360,7 +431,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise RVOSError("video not found", args.video)
     check_inputs_outside(args.out, {"--checkpoint": args.checkpoint, "--video": args.video})
     check_fresh_output(args.out, args.overwrite, "predict")       # before loading the model
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window,
+                                          amp=args.amp)
     summary = segment_video(predictor, args.video, args.text, args.out, args.threshold,
                             overwrite=args.overwrite, gif=not args.no_gif,
                             progress=not args.quiet)
@@ -369,6 +441,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"  [{k}] {e['text']!r}: masks in {Path(args.out) / e['masks']}, "
               f"mean area {100 * e['mean_area_fraction']:.2f}% of the frame")
     print(f"overlay video: {Path(args.out) / 'overlay.mp4'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rvos.inference import Predictor
+    from rvos.serve import check_gradio, serve
+
+    check_gradio()                                                # before loading the model
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window)
+    serve(predictor, args.host, args.port, args.max_frames, args.max_upload_mb, args.threshold,
+          examples=not args.no_examples)
     return 0
 
 
@@ -473,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-samples", type=_non_negative, default=0, help="score only the first N expressions")
     ev.add_argument("--save-masks", action="store_true", help="also write predicted masks")
     ev.add_argument("--device", type=_device, default="auto")
+    ev.add_argument("--amp", action="store_true",
+                    help="run the model under autocast (bf16; fp16 on GPUs without bf16)")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace an earlier output folder of rvos evaluate")
     ev.add_argument("--shots", type=_count, nargs="+",
@@ -505,9 +591,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=_probability_threshold, default=0.5)
     pr.add_argument("--window", type=_count, help="frames per window (memory bound)")
     pr.add_argument("--device", type=_device, default="auto")
+    pr.add_argument("--amp", action="store_true",
+                    help="run the model under autocast (bf16; fp16 on GPUs without bf16)")
     pr.add_argument("--no-gif", action="store_true")
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser("serve", parents=[common],
+                        help="a local web demo: upload a video, type sentences, see the masks",
+                        description="Serve a Gradio page at http://HOST:PORT (needs "
+                                    "pip install 'rvos[serve]'); Ctrl-C stops it.")
+    sv.add_argument("--checkpoint", required=True, help="checkpoint file (NAME.safetensors, or NAME)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_count, default=7860, help="default 7860")
+    sv.add_argument("--max-frames", type=_count, default=3000,
+                    help="longest video taken, in frames (default 3000)")
+    sv.add_argument("--max-upload-mb", type=_count, default=500,
+                    help="largest upload taken, in MB (default 500)")
+    sv.add_argument("--threshold", type=_probability_threshold, default=0.5,
+                    help="mask probability threshold (default 0.5)")
+    sv.add_argument("--window", type=_count, help="frames per window (memory bound)")
+    sv.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N")
+    sv.add_argument("--no-examples", action="store_true", help="no bundled synthetic examples")
+    sv.set_defaults(func=cmd_serve)
 
     cv = sub.add_parser("convert", parents=[common],
                         help="convert a released ReferFormer-layout checkpoint (.pth) to rvos")
@@ -645,15 +752,19 @@ def main(argv: list[str] | None = None) -> int:
     install_log_handler(getattr(args, "quiet", False))
     command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
+        if args.command not in ("train", "evaluate"):
+            _refuse_several_processes(f"rvos {command}")
         return args.func(args)
     except RVOSError as e:
         if os.environ.get("RVOS_DEBUG"):    # the traceback, with the OSError it may wrap
             raise
-        print(f"rvos {command}: error: {e}", file=sys.stderr)
+        if not getattr(e, "reported_by_rank_zero", False):   # torchrun: rank 0 printed it
+            print(f"rvos {command}: {_rank_tag()}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:     # Ctrl-C, or a training run stopped by a signal
-        print(f"rvos {command}: {getattr(e, 'message', 'interrupted')}{_resume_hint(args, e)}",
-              file=sys.stderr)
+        if not _rank_tag():            # torchrun: rank 0 reports the stop
+            print(f"rvos {command}: {getattr(e, 'message', 'interrupted')}{_resume_hint(args, e)}",
+                  file=sys.stderr)
         return getattr(e, "exit_code", 130)
     except OSError as e:               # a folder or file the OS refused: one line, no traceback
         if os.environ.get("RVOS_DEBUG"):
@@ -661,6 +772,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rvos {command}: error: {os_error_text(e, getattr(args, 'out', None))}",
               file=sys.stderr)
         return 2
+
+
+def _refuse_several_processes(what: str) -> None:
+    """RVOSError under torchrun with several processes: ``what`` runs in one."""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise RVOSError(f"{what} runs in one process; torchrun runs rvos train and rvos "
+                        "evaluate --checkpoint on several")
+
+
+def _rank_tag() -> str:
+    """"rank N: " in the processes torchrun started with RANK > 0, else ""."""
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+    return "" if rank == "0" else f"rank {rank}: "
 
 
 def os_error_text(e: OSError, out: str | None = None) -> str:
@@ -682,6 +806,12 @@ def _resume_hint(args: argparse.Namespace, stop: BaseException) -> str:
     if args.command != "train":
         return f"; its checkpoint is in {stop.run_dir}"
     words = ["rvos", "train", args.config, *args.overrides, "--out", str(stop.run_dir), "--resume"]
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world not in ("", "1"):          # torchrun: the same number of processes
+        words = ["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', world)}",
+                 "-m", *words]
+        return ("; resume with the same torchrun options (" + world + " processes): " +
+                " ".join(shlex.quote(w) for w in words))
     return "; resume with: " + " ".join(shlex.quote(w) for w in words)
 
 

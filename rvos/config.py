@@ -155,7 +155,9 @@ class OptimConfig:
     min_lr: float = 1e-6
     lr_drop_epochs: tuple[int, ...] = (6, 8)   # step: x lr_drop_gamma from the start of each
     lr_drop_gamma: float = 0.1                 # of these (0-based) epochs
-    amp: bool = True                  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    amp: bool = True                  # autocast: bf16 on CPUs and on GPUs that support it,
+                                      # else fp16 + GradScaler (see amp_dtype)
+    amp_dtype: str = "auto"           # auto | bfloat16 | float16 (float16: with a GradScaler)
 
 
 @dataclass
@@ -182,6 +184,14 @@ class TrainConfig:
     eval_every: int = 1               # epochs between validation passes; 0 disables
     max_steps_per_epoch: int = 0      # 0: a full pass over the training samples
     time_budget_s: float = 0.0        # 0: none; else stop (checkpointed) after this long
+    tf32: bool = True                 # CUDA: TF32 matmuls and convolutions (Ampere and later)
+    compile: bool = False             # torch.compile the model for training (checkpoints keep
+                                      # the module's own tensor names)
+    # under torchrun: BatchNorm statistics over the batch of every process (SyncBatchNorm),
+    # so N processes x batch b train as one process with batch N*b does
+    sync_bn: bool = True
+    find_unused_parameters: bool = False   # DDP: for models whose step leaves trainable
+                                           # parameters without a gradient
     # query family with a frozen image backbone: train on its cached maps (see ``cache``)
     feature_cache: bool = False
     cache: CachedTrainConfig = field(default_factory=CachedTrainConfig)
@@ -194,6 +204,7 @@ class EvalConfig:
     window: int = 8                   # frames per inference window (bounded memory)
     threshold: float = 0.5            # mask probability threshold
     split: str = "test"
+    amp: bool = False                 # validation under autocast (bf16, or fp16 on GPUs without bf16)
 
 
 @dataclass
@@ -345,6 +356,7 @@ RULES: dict[str, Rule] = {
     "optim.schedule": one_of("cosine_restarts", "step"),
     "optim.lr_drop_epochs": milestones,
     "optim.lr_drop_gamma": reals(0, 1, lo_open=True),
+    "optim.amp_dtype": one_of("auto", "bfloat16", "float16"),
     "train.epochs": COUNT,
     "train.seed": ints(0, 2**32 - 1),          # numpy seeds are 32-bit and non-negative
     "train.device": device_name,

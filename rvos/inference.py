@@ -39,6 +39,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """The autocast dtype on ``device``: bfloat16 on CPUs and on GPUs that support it
+    (Ampere and later), float16 on older GPUs (training pairs it with a GradScaler);
+    ``requested`` (bfloat16 | float16) overrides ``auto``."""
+    if requested != "auto":
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def select_referred(output: RVOSOutput) -> Tensor:
     """Mask logits of the referred query per clip: (B, T, h, w).
 
@@ -69,10 +80,12 @@ class Predictor:
 
     Frames are resized to ``input_size`` (H, W), or, with ``short_side``, keeping their
     aspect ratio to that shorter side (ReferFormer's recipe, for converted checkpoints).
+    ``amp``: the model runs under autocast (:func:`autocast_dtype`); the masks are upsampled
+    and thresholded in float32 either way.
     """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int], window: int = 8,
-                 device: torch.device | str = "cpu", short_side: int = 0):
+                 device: torch.device | str = "cpu", short_side: int = 0, amp: bool = False):
         if window < 1:
             raise ValueError("window must be >= 1")
         self.device = torch.device(device)
@@ -80,10 +93,12 @@ class Predictor:
         self.input_size = tuple(input_size)
         self.window = window
         self.short_side = short_side
+        self.amp = amp
+        self.amp_dtype = autocast_dtype(self.device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
-                        window: int | None = None) -> "Predictor":
+                        window: int | None = None, amp: bool = False) -> "Predictor":
         """Build the model a checkpoint describes and load its weights. The checkpoint is
         self-contained: the backbone weights it was initialised from are not read again
         (nor downloaded)."""
@@ -99,8 +114,9 @@ class Predictor:
             model.load_tokenizer()              # a missing tokenizer fails before any work
             model.prepare_for_inference()
             return cls(model, cfg.data.input_size, window or recipe.clip_frames or WHOLE_VIDEO,
-                       resolve_device(device), short_side=recipe.short_side)
-        return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device))
+                       resolve_device(device), short_side=recipe.short_side, amp=amp)
+        return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device),
+                   amp=amp)
 
     def _prepare(self, frames: np.ndarray | list[np.ndarray]) -> Tensor:
         """frames: (T, H, W, 3) uint8 -> (1, T, 3, h, w) normalised at the input size."""
@@ -116,7 +132,8 @@ class Predictor:
         h, w = frames[0].shape[:2]
         clip = self._prepare(frames)                                  # one backbone pass
         same_clip = torch.zeros(len(texts), dtype=torch.long, device=self.device)
-        logits = select_referred(self.model(clip, texts, same_clip))  # (K, T, h', w')
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = select_referred(self.model(clip, texts, same_clip))  # (K, T, h', w')
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
         return logits.sigmoid().transpose(0, 1).cpu().numpy()
 

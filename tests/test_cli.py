@@ -20,7 +20,7 @@ def run_cli(args, capsys):
 
 
 def test_help_for_every_command():
-    for args in ([], ["data"], ["train"], ["evaluate"], ["predict"], ["bench"], ["demo"]):
+    for args in ([], ["data"], ["train"], ["evaluate"], ["predict"], ["bench"], ["demo"], ["convert"], ["serve"]):
         proc = subprocess.run([sys.executable, "-m", "rvos.cli", *args, "--help"],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr

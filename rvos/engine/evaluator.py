@@ -16,6 +16,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +27,9 @@ from rvos.inference import Predictor
 from rvos.metrics.davis import jaccard_and_f
 from rvos.metrics.ref_ytvos import write_expression_masks
 from rvos.outputs_dir import write_file_atomic
+
+if TYPE_CHECKING:
+    from rvos.engine.distributed import Shard
 
 
 @dataclass
@@ -109,12 +113,15 @@ def format_table(summaries: list[dict]) -> str:
 
 def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: float = 0.5,
                     max_samples: int = 0, masks_out: Path | None = None,
-                    progress: bool = True) -> EvalResult:
+                    progress: bool = True, shard: Shard | None = None) -> EvalResult:
     """Segment every (video, expression) of ``layout`` and score it.
 
     max_samples > 0 evaluates only the first that many expressions (in sorted order).
     masks_out, when given, receives the masks in the Ref-YouTube-VOS submission layout
     ``Annotations/<video>/<exp_id>/<frame>.png`` (0/255 PNGs, as submitted to the server).
+    ``shard`` (under torchrun, every rank calls it): this rank segments every
+    ``shard.world``-th video, and the rows of all ranks are gathered, in the order one
+    process gives, so every rank returns the single-process result.
     """
     if not layout.has_annotations:
         raise RVOSError(f"split {layout.split!r} has no Annotations folder to score against",
@@ -125,32 +132,68 @@ def evaluate_layout(predictor: Predictor, layout: RefYTVOSLayout, threshold: flo
     by_video: dict[str, list[str]] = defaultdict(list)
     for video, exp_id in samples:
         by_video[video].append(exp_id)
+    videos = list(by_video)
+    mine = videos if shard is None else shard.take(videos)
 
-    rows: list[ExpressionScore] = []
-    bar = tqdm(total=len(samples), desc=f"evaluate {layout.split}", unit="exp",
-               disable=not progress, leave=False)
-    for video, exp_ids in by_video.items():
-        record = layout.videos[video]
-        expressions = [record.expressions[e] for e in exp_ids]
-        labels = layout.load_label_maps(video, record.frames)               # (T, H, W)
-        present = np.unique(labels)
-        frames = ((name, layout.load_frames(video, [name])[0]) for name in record.frames)
-        pred = np.stack([p.masks(threshold) for p in
-                         predictor.predict(frames, [e.text for e in expressions])])  # (T,K,H,W)
-        for k, expression in enumerate(expressions):
-            gt = layout.referred_mask(labels, expression.obj_ids)
-            j, f = jaccard_and_f(gt, pred[:, k])
-            rows.append(ExpressionScore(video, expression.exp_id, expression.exp_type,
-                                        expression.text, len(record.frames), float(np.mean(j)),
-                                        float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2),
-                                        object_hit(labels, pred[:, k], expression.obj_ids, present)))
-            if masks_out is not None:
-                write_expression_masks(Path(masks_out) / "Annotations", video, expression.exp_id,
-                                       record.frames, pred[:, k],
-                                       source=layout.meta_expressions_path)
-        bar.update(len(expressions))
-    bar.close()
-    return EvalResult(layout.split, rows)
+    rows: dict[str, list[ExpressionScore]] = {}
+    bar = tqdm(total=sum(len(by_video[v]) for v in mine), desc=f"evaluate {layout.split}",
+               unit="exp", disable=not progress, leave=False)
+    error = None
+    try:
+        for video in mine:
+            rows[video] = _score_video(predictor, layout, video, by_video[video], threshold,
+                                       masks_out)
+            bar.update(len(by_video[video]))
+    except RVOSError as e:
+        if shard is None or shard.world == 1:
+            raise
+        error = e                   # the other ranks must learn of it, not wait for ever
+    finally:
+        bar.close()
+    if shard is not None and shard.world > 1:
+        rows = _merge_shards(rows, error)
+    return EvalResult(layout.split, [r for video in videos for r in rows[video]])
+
+
+def _merge_shards(rows: dict[str, list[ExpressionScore]],
+                  error: RVOSError | None) -> dict[str, list[ExpressionScore]]:
+    """Every rank's rows (by video), gathered on every rank; an RVOSError met by any rank
+    raised on all."""
+    from rvos.engine.distributed import ReportedByRankZero, gather_objects
+
+    gathered = gather_objects((rows, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    for rank, (_, message) in enumerate(gathered):
+        if message is not None:
+            raise ReportedByRankZero(f"rank {rank} failed: {message}")
+    return {video: r for part, _ in gathered for video, r in part.items()}
+
+
+def _score_video(predictor: Predictor, layout: RefYTVOSLayout, video: str, exp_ids: list[str],
+                 threshold: float, masks_out: Path | None) -> list[ExpressionScore]:
+    """Segment the expressions ``exp_ids`` of ``video`` together (one backbone pass per
+    window) and score each."""
+    record = layout.videos[video]
+    expressions = [record.expressions[e] for e in exp_ids]
+    labels = layout.load_label_maps(video, record.frames)               # (T, H, W)
+    present = np.unique(labels)
+    frames = ((name, layout.load_frames(video, [name])[0]) for name in record.frames)
+    pred = np.stack([p.masks(threshold) for p in
+                     predictor.predict(frames, [e.text for e in expressions])])  # (T,K,H,W)
+    rows = []
+    for k, expression in enumerate(expressions):
+        gt = layout.referred_mask(labels, expression.obj_ids)
+        j, f = jaccard_and_f(gt, pred[:, k])
+        rows.append(ExpressionScore(video, expression.exp_id, expression.exp_type,
+                                    expression.text, len(record.frames), float(np.mean(j)),
+                                    float(np.mean(f)), float((np.mean(j) + np.mean(f)) / 2),
+                                    object_hit(labels, pred[:, k], expression.obj_ids, present)))
+        if masks_out is not None:
+            write_expression_masks(Path(masks_out) / "Annotations", video, expression.exp_id,
+                                   record.frames, pred[:, k],
+                                   source=layout.meta_expressions_path)
+    return rows
 
 
 def write_results(results: list[EvalResult], out_dir: Path) -> dict[str, Path]:

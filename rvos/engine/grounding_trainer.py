@@ -44,6 +44,7 @@ from rvos.config import RULES, Config, save_config, validate_config
 from rvos.data.transforms import normalize, swap_left_right
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
+from rvos.engine import distributed
 from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
                                  initial_weights, open_training_split, plot_run_curves,
                                  seed_everything, validation_figures, validation_summary)
@@ -110,6 +111,7 @@ class GroundingTrainer(StopOnSignal):
         if cfg.model.kind != self.KIND:
             raise RVOSError(f"{type(self).__name__} trains model.kind={self.KIND}, "
                             f"not {cfg.model.kind!r}")
+        distributed.refuse(f"model.kind {self.KIND} trains")
         validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)

@@ -44,6 +44,7 @@ from rvos.data.transforms import swap_left_right
 from rvos.data.ytvos import RefYTVOSLayout, sample_clip_indices
 from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weights_into,
                                     save_checkpoint)
+from rvos.engine import distributed
 from rvos.engine.trainer import (MetricsLogger, StopOnSignal, TrainingStopped,
                                  initial_weights, open_training_split, plot_run_curves,
                                  rng_states, seed_everything, set_rng_states, validation_figures,
@@ -158,6 +159,7 @@ class QueryCacheTrainer(StopOnSignal):
         why = feature_cache_problem(cfg)
         if why:
             raise RVOSError(f"invalid config: train.feature_cache: {why}")
+        distributed.refuse("train.feature_cache (the query family on cached features) trains")
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         self.progress = progress

@@ -9,6 +9,9 @@ as that benchmark's papers do and scores the output with ``rvos.metrics``. A mod
 * ``evaluate(request: EvaluationRequest) -> ProtocolReport``: writes every file under
   ``request.stage`` (a staged output folder: earlier results are replaced only as a whole,
   and only with ``--overwrite``) and returns the table to print;
+* optionally ``SHARDED = True`` and ``shardable(request) -> bool``: under torchrun the ranks
+  share the samples (``request.shard``, and ``shard=`` of ``validation_summary``); other
+  protocols run on rank 0 alone;
 * ``validation_summary(predictor, cfg, progress) -> dict | None``: the figures training
   validation logs, ``{"split": ..., "overall": {"JF": <the figure best checkpoints are
   chosen by, higher is better>, <other figures>...}}``, None where the split cannot be
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 from rvos.errors import RVOSError
 
 if TYPE_CHECKING:                       # the CLI reads PROTOCOLS without importing torch
+    from rvos.engine.distributed import Shard
     from rvos.inference import Predictor
 
 PROTOCOLS = {
@@ -49,12 +53,14 @@ class EvaluationRequest:
     predictor: Predictor
     root: Path                     # the benchmark's official root (--data)
     splits: list[str]
-    stage: Path                    # staged output folder: write everything under it
+    stage: Path | None             # staged output folder: write everything under it (None:
+                                   # a rank > 0 of a sharded evaluation, which writes nothing)
     threshold: float = 0.5
     max_samples: int = 0           # 0: every sample
     save_masks: bool = False
     progress: bool = True
     options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    shard: Shard | None = None     # torchrun: this rank's share (protocols with ``shardable``)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from rvos.config import Config
 from rvos.data.ytvos import RefYTVOSLayout, VideoRecord, parse_meta_expressions
+from rvos.engine.distributed import Shard
 from rvos.engine.evaluator import EvalResult, evaluate_layout, format_table, write_results
 from rvos.engine.protocols import (SUBMISSION_ZIP, EvaluationRequest, ProtocolReport,
                                    submission_zip_name)
@@ -41,6 +42,8 @@ from rvos.metrics.ref_ytvos import submission_stats, write_expression_masks, zip
 from rvos.outputs_dir import write_file_atomic
 
 SUBMISSION_REPORT = "submission.json"
+# under torchrun, validation and scored splits are segmented by every rank, each its share
+SHARDED = True
 OUTPUTS = ("metrics.json", "per_expression.csv", "results.txt", "predictions",
            SUBMISSION_REPORT, SUBMISSION_ZIP)
 
@@ -60,11 +63,20 @@ class SubmissionReport:
     meta_expressions: str           # the meta_expressions.json it covers (written beside it)
 
 
+def shardable(request: EvaluationRequest) -> bool:
+    """Whether ranks can share ``request``: scored splits only, no masks to write (the
+    masks and a submission are written by one process)."""
+    return not request.save_masks and all(
+        RefYTVOSLayout(request.root, split).has_annotations for split in request.splits)
+
+
 def evaluate(request: EvaluationRequest) -> ProtocolReport:
     """Scored splits: metrics.json, per_expression.csv, results.txt (+ predictions/<split>/
     with ``save_masks``). A split without annotations (at most one per run): its submission
     under predictions/<split>/, submission.json and the zip (``--zip NAME``, default
-    submission.zip)."""
+    submission.zip). With ``request.shard`` (torchrun; :func:`shardable` requests only)
+    every rank segments its share; the rank whose ``request.stage`` is None writes nothing
+    and returns an empty report."""
     layouts = [RefYTVOSLayout(request.root, split) for split in request.splits]
     unannotated = [layout for layout in layouts if not layout.has_annotations]
     if len(unannotated) > 1:
@@ -77,7 +89,10 @@ def evaluate(request: EvaluationRequest) -> ProtocolReport:
         if layout.has_annotations:
             masks_out = request.stage / "predictions" / layout.split if request.save_masks else None
             scored.append(evaluate_layout(request.predictor, layout, request.threshold,
-                                          request.max_samples, masks_out, progress=request.progress))
+                                          request.max_samples, masks_out, progress=request.progress,
+                                          shard=request.shard))
+    if request.stage is None:                  # a rank > 0 of a sharded evaluation
+        return ProtocolReport("", {})
     if scored:
         paths = write_results(scored, request.stage)
         tables.append(format_table([r.summary() for r in scored]))
@@ -238,12 +253,15 @@ def submission_table(report: SubmissionReport) -> str:
     return "\n".join(lines)
 
 
-def validation_summary(predictor: Predictor, cfg: Config, progress: bool = True) -> dict | None:
+def validation_summary(predictor: Predictor, cfg: Config, progress: bool = True,
+                       shard: Shard | None = None) -> dict | None:
     """J, F, J&F on ``cfg.data.val_split`` (at most ``data.max_val_samples`` expressions), or
-    None when that split has no annotations."""
+    None when that split has no annotations. ``shard``: this rank's share (every rank calls
+    it and gets the whole split's summary)."""
     d = cfg.data
     layout = RefYTVOSLayout(Path(d.root), d.val_split)
     if not layout.has_annotations:
         return None
     return evaluate_layout(predictor, layout, cfg.eval.threshold,
-                           max_samples=d.max_val_samples, progress=progress).summary()
+                           max_samples=d.max_val_samples, progress=progress,
+                           shard=shard).summary()
