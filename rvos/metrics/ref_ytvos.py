@@ -117,8 +117,10 @@ def validate_submission(annotations: str | Path, videos: dict,
 
 
 def zip_submission(annotations: str | Path, zip_path: str | Path, meta_path: str | Path,
-                   frame_sizes: dict[str, tuple[int, int]] | None = None) -> Path:
-    """Validate and zip the submission (``Annotations/...`` at the zip root).
+                   frame_sizes: dict[str, tuple[int, int]] | None = None,
+                   zip_root: str = "Annotations") -> Path:
+    """Validate and zip the submission: ``<zip_root>/<video>/<exp_id>/<frame>.png`` in the
+    zip (Ref-YouTube-VOS: ``Annotations/``; MeViS: ``""``, the video folders at the root).
 
     Raises RVOSError listing the problems instead of writing a zip the server would reject.
     The zip is written to a temporary name and renamed, so a failed run leaves no zip.
@@ -141,8 +143,8 @@ def zip_submission(annotations: str | Path, zip_path: str | Path, meta_path: str
                         names = (video, str(exp_id), f"{frame}.png")
                         what = "video, expression or frame name"
                         path = safe_join(annotations, *names, what=what, source=meta_path)
-                        zf.write(path, safe_zip_entry("Annotations", *names, what=what,
-                                                      source=meta_path))
+                        entry_names = (zip_root, *names) if zip_root else names
+                        zf.write(path, safe_zip_entry(*entry_names, what=what, source=meta_path))
         tmp.replace(zip_path)
     except BaseException:
         tmp.unlink(missing_ok=True)

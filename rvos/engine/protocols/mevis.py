@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import zipfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,11 +46,9 @@ from rvos.errors import RVOSError
 from rvos.inference import Predictor
 from rvos.metrics.consistency import temporal_iou_from_presence
 from rvos.metrics.davis import DEFAULT_BOUND_TH, jaccard_and_f
-from rvos.metrics.davis_protocols import load_meta_expressions
 from rvos.metrics.mevis import ExpressionResult, summarize_results
-from rvos.metrics.ref_ytvos import MAX_LISTED_PROBLEMS, validate_submission, write_expression_masks
+from rvos.metrics.ref_ytvos import write_expression_masks, zip_submission
 from rvos.outputs_dir import write_file_atomic
-from rvos.paths import safe_join, safe_zip_entry
 
 OUTPUTS = ("mevis.json", "mevis_per_expression.csv", "results.txt", "predictions", SUBMISSION_ZIP)
 # the official splits released with their masks: without mask_dict.json they are damaged,
@@ -133,37 +130,6 @@ def _segment_video(predictor: Predictor, layout: MeViSLayout, video: str, exp_id
 
 # --------------------------------------------------------------------------- submission
 
-def zip_submission(pred_dir: Path, zip_path: Path, meta_path: Path,
-                   frame_sizes: dict[str, tuple[int, int]] | None = None) -> Path:
-    """Check ``pred_dir`` (``<video>/<exp_id>/<frame>.png``) against meta_expressions.json and
-    zip it with the video folders at the root of the archive, as the MeViS server takes it.
-
-    Raises RVOSError listing the problems instead of writing a zip the server would reject;
-    the zip is written under a temporary name and renamed."""
-    videos = load_meta_expressions(meta_path)
-    problems = validate_submission(pred_dir, videos, frame_sizes)
-    if problems:
-        shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = (f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more"
-                if len(problems) > MAX_LISTED_PROBLEMS else "")
-        raise RVOSError(f"submission not written: {len(problems)} problem(s)\n  {shown}{more}", pred_dir)
-    tmp = zip_path.with_name(f".{zip_path.name}.tmp")
-    what = "video, expression or frame name"
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for video, entry in videos.items():
-                for exp_id in entry["expressions"]:
-                    for frame in entry["frames"]:
-                        names = (video, str(exp_id), f"{frame}.png")
-                        zf.write(safe_join(pred_dir, *names, what=what, source=meta_path),
-                                 safe_zip_entry(*names, what=what, source=meta_path))
-        tmp.replace(zip_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return zip_path
-
-
 # --------------------------------------------------------------------------- reports
 
 def split_figures(split: str, rows: list[ExpressionResult], in_split: int) -> dict:
@@ -205,7 +171,8 @@ def _submit_split(request: EvaluationRequest, layout: MeViSLayout) -> dict:
                           "which the server would reject")
         return report
     name = submission_zip_name(request)
-    zip_submission(pred_dir, request.stage / name, layout.meta_expressions_path, run.frame_sizes)
+    zip_submission(pred_dir, request.stage / name, layout.meta_expressions_path, run.frame_sizes,
+                   zip_root="")   # the MeViS server takes the video folders at the zip's root
     report["submission"] = name
     report["png_files"] = sum(len(layout.videos[v].frames) for v, _ in samples)
     return report
