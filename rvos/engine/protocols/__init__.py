@@ -88,11 +88,7 @@ def submission_zip_name(request: EvaluationRequest) -> str:
 
 
 def protocol_module(name: str) -> ModuleType:
+    """The protocol module of benchmark ``name`` (RVOSError naming the choices otherwise)."""
     if name not in PROTOCOLS:
         raise RVOSError(f"unknown dataset {name!r}; choose one of {', '.join(PROTOCOLS)}")
     return importlib.import_module(PROTOCOLS[name])
-
-
-def run_protocol(name: str, request: EvaluationRequest) -> ProtocolReport:
-    """Run the protocol of benchmark ``name``."""
-    return protocol_module(name).evaluate(request)
