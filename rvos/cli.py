@@ -334,14 +334,15 @@ def _evaluate_distributed(args: argparse.Namespace, cfg, protocol, out: Path,
     from rvos.inference import Predictor
     from rvos.outputs_dir import staged_output
 
-    device = distributed.setup(args.device)
-    main = distributed.is_main()
+    main = distributed.requested_rank() == 0
     request = EvaluationRequest(None, Path(args.data or cfg.data.root), list(args.split), None,
                                 args.threshold, args.max_samples, args.save_masks,
                                 progress=main and not args.quiet, options=args)
     sharded = getattr(protocol, "SHARDED", False) and protocol.shardable(request)
     if not sharded and not main:
         return 0
+    # rank 0 alone joins no process group: the other ranks have returned
+    device = distributed.setup(args.device) if sharded else distributed.process_device(args.device)
     request.predictor = Predictor.from_checkpoint(args.checkpoint, str(device), args.window,
                                                   amp=args.amp)
     with ExitStack() as stack:

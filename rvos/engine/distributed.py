@@ -86,6 +86,27 @@ def setup(device: str = "auto") -> torch.device:
 
     if requested_world_size() == 1 and not is_distributed():
         return resolve_device(device)
+    target = process_device(device)
+    if is_distributed():
+        return target
+    missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
+    if missing:
+        raise RVOSError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset: "
+                        "start distributed runs with torchrun (torchrun --nproc-per-node N -m "
+                        "rvos train ...)")
+    dist.init_process_group("nccl" if target.type == "cuda" else "gloo", init_method="env://",
+                            timeout=TIMEOUT)
+    return target
+
+
+def requested_rank() -> int:
+    """RANK as torchrun sets it (0 without torchrun), read without joining a group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def process_device(device: str = "auto") -> torch.device:
+    """The device of this torchrun process, without joining the process group:
+    ``cuda:LOCAL_RANK`` on GPUs, the CPU otherwise (see :func:`setup`)."""
     if device not in ("auto", "cpu", "cuda"):
         raise RVOSError(f"device {device}: under torchrun each process takes the GPU "
                         "cuda:LOCAL_RANK; ask for auto, cuda or cpu")
@@ -98,16 +119,7 @@ def setup(device: str = "auto") -> torch.device:
             raise RVOSError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs "
                             "here: start at most that many processes per node (--nproc-per-node)")
         torch.cuda.set_device(local_rank)
-    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if is_distributed():
-        return target
-    missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
-    if missing:
-        raise RVOSError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset: "
-                        "start distributed runs with torchrun (torchrun --nproc-per-node N -m "
-                        "rvos train ...)")
-    dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", timeout=TIMEOUT)
-    return target
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
 def teardown() -> None:
