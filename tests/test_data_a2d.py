@@ -303,6 +303,23 @@ def test_validation_summary_chooses_by_map(a2d):
     assert summary["overall"]["JF"] == summary["overall"]["mAP"] == pytest.approx(1.0)
 
 
+
+def test_validation_reads_the_h5_instance_lists_once_per_run(a2d, monkeypatch):
+    """Every validation pass lists its samples; the .h5 files are opened the first time only."""
+    import rvos.data.a2d as a2d_module
+    from rvos.engine.protocols.a2d import validation_summary
+
+    opened = []
+    read = a2d_module.read_instance_ids
+    monkeypatch.setattr(a2d_module, "read_instance_ids", lambda path: opened.append(path) or read(path))
+    cfg = tiny_cfg(a2d, "data.max_val_samples=2")
+    first = validation_summary(OraclePredictor(gt_of), cfg, progress=False)
+    after_first = len(opened)
+    second = validation_summary(OraclePredictor(gt_of), cfg, progress=False)
+    assert after_first > 0 and len(opened) == after_first
+    assert first["overall"] == second["overall"]
+
+
 # ------------------------------------------------------------------------------ bad files
 
 

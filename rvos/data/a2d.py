@@ -40,6 +40,7 @@ the losses take no supervision from the other frames.
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -419,7 +420,7 @@ def build_train_dataset(cfg: Config) -> A2DClipDataset:
     """The clips of ``data.train_split`` (train, from videoset.csv) under ``data.root``, at
     most ``data.max_train_samples``; every video in use is checked to exist."""
     d = cfg.data
-    layout = A2DLayout(d.root)
+    layout = training_layout(d.root)
     samples = _capped(layout.samples(d.train_split, progress=True), d.max_train_samples)
     if not samples:
         raise RVOSError(f"split {d.train_split!r} has no samples", layout.sentences_path)
@@ -427,6 +428,14 @@ def build_train_dataset(cfg: Config) -> A2DClipDataset:
     return A2DClipDataset(layout, samples, d.num_frames, tuple(d.input_size), train=True,
                           hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
                           color_jitter=d.color_jitter, seed=cfg.train.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def training_layout(root: str) -> A2DLayout:
+    """The layout of ``root`` shared by a training run's dataset, its up-front checks and every
+    validation pass, so the instance ids of the .h5 files are read once per process, not at
+    each validation."""
+    return A2DLayout(root)
 
 
 def validation_samples(cfg: Config, layout: A2DLayout) -> list[A2DSample]:
@@ -440,7 +449,7 @@ def verify_validation_split(cfg: Config) -> None:
     ``train.eval_every`` is 0); RVOSError naming the first missing file."""
     if not cfg.train.eval_every:
         return
-    layout = A2DLayout(cfg.data.root)
+    layout = training_layout(cfg.data.root)
     samples = validation_samples(cfg, layout)
     if not samples:
         raise RVOSError(f"split {cfg.data.val_split!r} has no samples", layout.sentences_path)

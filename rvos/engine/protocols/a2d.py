@@ -8,7 +8,7 @@ mean IoU and COCO mAP 0.5:0.95 of one mask per sample.
 from __future__ import annotations
 
 from rvos.config import Config
-from rvos.data.a2d import A2DLayout, validation_samples
+from rvos.data.a2d import A2DLayout, training_layout, validation_samples
 from rvos.engine.protocols import EvaluationRequest, ProtocolReport
 from rvos.engine.protocols.annotated_frames import evaluate_samples, output_names, validation_figures
 from rvos.errors import RVOSError
@@ -32,7 +32,7 @@ def evaluate(request: EvaluationRequest) -> ProtocolReport:
 def validation_summary(predictor: Predictor, cfg: Config, progress: bool = True) -> dict:
     """mAP (chosen by), P@K, IoUs on the first ``data.max_val_samples`` samples of
     ``data.val_split``."""
-    layout = A2DLayout(cfg.data.root)
+    layout = training_layout(cfg.data.root)
     return validation_figures(predictor, layout, validation_samples(cfg, layout),
                               cfg.data.val_split, cfg.eval.threshold, layout.sentences_path,
                               progress)
