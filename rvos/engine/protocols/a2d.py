@@ -10,7 +10,8 @@ from __future__ import annotations
 from rvos.config import Config
 from rvos.data.a2d import A2DLayout, training_layout, validation_samples
 from rvos.engine.protocols import EvaluationRequest, ProtocolReport
-from rvos.engine.protocols.annotated_frames import evaluate_samples, output_names, validation_figures
+from rvos.engine.protocols.annotated_frames import (evaluate_samples, output_names,
+                                                    samples_validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
 
@@ -33,6 +34,6 @@ def validation_summary(predictor: Predictor, cfg: Config, progress: bool = True)
     """mAP (chosen by), P@K, IoUs on the first ``data.max_val_samples`` samples of
     ``data.val_split``."""
     layout = training_layout(cfg.data.root)
-    return validation_figures(predictor, layout, validation_samples(cfg, layout),
-                              cfg.data.val_split, cfg.eval.threshold, layout.sentences_path,
-                              progress)
+    return samples_validation_summary(predictor, layout, validation_samples(cfg, layout),
+                                      cfg.data.val_split, cfg.eval.threshold,
+                                      layout.sentences_path, progress)

@@ -230,9 +230,9 @@ def evaluate_samples(request: EvaluationRequest, benchmark: str, name: str, spli
                                   "ground truth": gt_path, "predictions": pred_path})
 
 
-def validation_figures(predictor: Predictor, source: FrameSource, samples: Sequence[FrameSample],
-                       split: str, threshold: float, source_file: Path,
-                       progress: bool = True) -> dict:
+def samples_validation_summary(predictor: Predictor, source: FrameSource,
+                               samples: Sequence[FrameSample], split: str, threshold: float,
+                               source_file: Path, progress: bool = True) -> dict:
     """``{"split", "overall": {"JF": mAP, mAP, AP50, AP75, P@K, overall_iou, mean_iou,
     "count"}}``: best checkpoints are chosen by mAP 0.5:0.95, as MTTR's trainer keeps its
     best A2D-Sentences checkpoint (higher is better)."""

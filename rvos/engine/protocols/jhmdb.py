@@ -11,7 +11,8 @@ from __future__ import annotations
 from rvos.config import Config
 from rvos.data.jhmdb import JHMDBLayout, validation_samples
 from rvos.engine.protocols import EvaluationRequest, ProtocolReport
-from rvos.engine.protocols.annotated_frames import evaluate_samples, output_names, validation_figures
+from rvos.engine.protocols.annotated_frames import (evaluate_samples, output_names,
+                                                    samples_validation_summary)
 from rvos.errors import RVOSError
 from rvos.inference import Predictor
 
@@ -31,5 +32,5 @@ def evaluate(request: EvaluationRequest) -> ProtocolReport:
 def validation_summary(predictor: Predictor, cfg: Config, progress: bool = True) -> dict:
     """mAP (chosen by), P@K, IoUs on the first ``data.max_val_samples`` samples."""
     layout = JHMDBLayout(cfg.data.root)
-    return validation_figures(predictor, layout, validation_samples(cfg, layout), "test",
-                              cfg.eval.threshold, layout.metadata_path, progress)
+    return samples_validation_summary(predictor, layout, validation_samples(cfg, layout),
+                                      "test", cfg.eval.threshold, layout.metadata_path, progress)
