@@ -62,8 +62,8 @@ class StepDropLR:
                 "base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the position (the milestones and gamma of the config are kept: they are
-        checked equal by the trainer before resuming)."""
+        """Restore the position and base rates; the milestones and gamma stay the config's
+        (a resumed run with other ``lr_drop_*`` settings follows the new ones from here)."""
         if state.get("schedule") != "step":
             raise ValueError("not the state of a step schedule")
         self.base_lrs = [float(b) for b in state["base_lrs"]]
