@@ -30,6 +30,7 @@ from rvos.models.fewshot.config import (CrossModalAffinityConfig, FewShotDataCon
 from rvos.models.grounding.config import GroundingTrainConfig, TrackGroundingConfig
 from rvos.models.query.config import QueryModelConfig
 from rvos.models.referformer.config import ReferFormerConfig
+from rvos.models.referformer.families import FAMILIES
 
 
 @dataclass
@@ -383,6 +384,7 @@ RULES: dict[str, Rule] = {
     "model.fewshot.key_dim": COUNT,
     "model.fewshot.heads": COUNT,
     "model.fewshot.dropout": reals(0, 1, hi_open=True),
+    "model.referformer.family": one_of(*FAMILIES),
     "model.referformer.num_classes": COUNT,
     "model.referformer.hidden_dim": COUNT,
     "model.referformer.nheads": COUNT,

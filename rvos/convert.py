@@ -1,4 +1,5 @@
-"""``rvos convert``: a released ReferFormer-layout ``.pth`` -> an rvos checkpoint.
+"""``rvos convert``: a released ReferFormer-layout ``.pth`` (ReferFormer, or a method built
+on its layout: :mod:`rvos.models.referformer.families`) -> an rvos checkpoint.
 
 The result is one self-contained ``NAME.safetensors`` (weights, the architecture read off the
 official tensors, and the official inference recipe) that ``rvos predict --checkpoint``
@@ -16,7 +17,8 @@ from rvos.config import Config, validate_config
 from rvos.engine.checkpoint import checkpoint_file, save_checkpoint
 from rvos.errors import RVOSError
 from rvos.models.referformer.config import ReferFormerConfig
-from rvos.models.referformer.convert import config_from_state, convert_state, read_official_checkpoint
+from rvos.models.referformer.convert import read_official_checkpoint
+from rvos.models.referformer.families import detect_family, family_module
 
 
 def referformer_config(model: ReferFormerConfig) -> Config:
@@ -30,8 +32,6 @@ def convert_checkpoint(official: str | Path, out: str | Path, tokenizer: str = "
                        overwrite: bool = False) -> Path:
     """Convert ``official`` (.pth) into the rvos checkpoint ``out``; returns its file.
     ``tokenizer``: the folder with roberta-base's tokenizer files, recorded in the config."""
-    from rvos.models.referformer.model import ReferFormer
-
     official = Path(official).expanduser()
     target = checkpoint_file(out)
     if target.exists() and not overwrite:
@@ -39,14 +39,15 @@ def convert_checkpoint(official: str | Path, out: str | Path, tokenizer: str = "
     if target.resolve() == official.resolve():
         raise RVOSError("the output would overwrite the official checkpoint", target)
     state = read_official_checkpoint(official)
-    arch = config_from_state(state, official)
+    family = family_module(detect_family(state))
+    arch = family.config_from_state(state, official)
     folder = str(Path(tokenizer).expanduser().resolve()) if tokenizer else ""   # cwd-independent
     arch = dataclasses.replace(arch, text=dataclasses.replace(arch.text, tokenizer=folder))
     cfg = referformer_config(arch)
     with torch.device("meta"):        # shapes only: no random initial weights to draw
-        model = ReferFormer(arch)
-    weights = convert_state(state, model.state_dict(), official)
+        model = family.MODEL(arch)
+    weights = family.convert_state(state, model.state_dict(), official)
     model.load_state_dict(weights, strict=True, assign=True)
     return save_checkpoint(target, model, cfg, {
         "converted_from": official.name, "step": 0,
-        "source": "official ReferFormer-layout checkpoint (wjn922/ReferFormer)"})
+        "source": family.SOURCE})

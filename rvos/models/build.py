@@ -60,9 +60,9 @@ def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
 
         return build_fewshot_model(cfg)
     if kind == "referformer":
-        from rvos.models.referformer.model import ReferFormer
+        from rvos.models.referformer.families import family_module
 
-        return ReferFormer(cfg.model.referformer)
+        return family_module(cfg.model.referformer.family).MODEL(cfg.model.referformer)
     from rvos.models.grounding.build import build_grounding_model
 
     return build_grounding_model(cfg)

@@ -48,6 +48,9 @@ class ReferFormerConfig:
     """ReferFormer's inference architecture (defaults: the released Ref-YouTube-VOS models,
     run with ``--with_box_refine --binary``)."""
 
+    # which released model this is: referformer, or a method built on its layout
+    # (rvos.models.referformer.families)
+    family: str = "referformer"
     backbone: str = "resnet50"        # resnet50 | resnet101 | swin_t.. | video_swin_t/s/b
     dilation: bool = False            # ResNet's last stage dilated instead of strided
     num_classes: int = 1              # 1 with --binary; 65 (Ref-YouTube-VOS), 91 (COCO) otherwise
