@@ -384,6 +384,7 @@ RULES: dict[str, Rule] = {
     "model.fewshot.key_dim": COUNT,
     "model.fewshot.heads": COUNT,
     "model.fewshot.dropout": reals(0, 1, hi_open=True),
+    "model.fewshot.shape_dim": NONNEG,
     "model.referformer.family": one_of(*FAMILIES),
     "model.referformer.num_classes": COUNT,
     "model.referformer.hidden_dim": COUNT,

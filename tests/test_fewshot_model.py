@@ -178,3 +178,31 @@ def test_mask_category_hides_the_category_name_only():
     assert mask_category("an earless  seal swimming", "earless_seal") == "an object swimming"
     assert mask_category("the cat near the category sign", "cat") == "the object near the category sign"
     assert mask_category("the dog", "cat") == "the dog"
+
+
+def test_shape_affinity_compares_silhouettes_whatever_the_colour():
+    """A track whose silhouette is one of the support's gets the highest shape affinity (1),
+    whatever its other appearance channels; unseen support frames are ignored."""
+    from rvos.models.grounding.tracks import SILHOUETTE
+
+    sil, other = SILHOUETTE * SILHOUETTE, 16
+    torch.manual_seed(0)
+    module = CrossModalAffinity(other + sil, TEXT, 32, key_dim=16, shape_dim=8).eval()
+    support_app = torch.randn(1, 2, 3, other + sil)
+    visible = torch.tensor([[[True, True, False], [True, False, False]]])
+    query = torch.randn(1, 3, other + sil)
+    query[0, 0, -sil:] = support_app[0, 1, 0, -sil:]          # track 0: support 1's outline
+    query[0, 0, :other] += 5.0                                # in another colour
+    query[0, 2, -sil:] = support_app[0, 0, 2, -sil:]          # track 2: an UNSEEN frame's outline
+    with torch.no_grad():
+        stats = module.shape_affinity(query, support_app.flatten(1, 2), visible.flatten(1))
+    assert stats.shape == (1, 3, 2)
+    assert stats[0, 0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert stats[0, 2, 0] < 1 - 1e-3
+    # and it reaches the outputs: a module with it has 2 more statistics than without
+    words, padding = torch.randn(1, 4, TEXT), torch.zeros(1, 4, dtype=torch.bool)
+    support = SupportBatch(support_app, visible, torch.randn(1, 2, 4, TEXT),
+                           torch.zeros(1, 2, 4, dtype=torch.bool))
+    evidence, logit = module(query, torch.ones(1, 3, dtype=torch.bool), words, padding, support)
+    assert evidence.shape == (1, 3, 32) and logit.shape == (1, 3)
+    assert module.logit.in_features == 2 + 2

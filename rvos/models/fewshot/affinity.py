@@ -23,6 +23,13 @@ of the affinity logits over the support: the attended value is a convex combinat
 support values, so *how strongly* a track resembles the support is only in the logits.
 Its outputs are an evidence vector per track (added to the scorer's track states) and a
 logit per track (added to the scorer's logits).
+
+Shape affinity (``shape_dim > 0``, an rvos addition): on pixels, the paper's masked support
+carries the object's outline implicitly; an object token pools it away except in its
+silhouette descriptor (the last ``SILHOUETTE**2`` appearance channels), which the
+sentence-fused tokens mix with colour. The module then also compares each track's
+silhouette with every support silhouette directly, in a learned projection: the maximum and
+the mean of those cosine similarities join the affinity statistics.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rvos.models.grounding.tracks import SILHOUETTE
 
 MASKED = -1e4       # finite: an episode row whose support is all padding stays NaN-free
 
@@ -99,7 +109,8 @@ class CrossModalAffinity(nn.Module):
     """
 
     def __init__(self, appearance_dim: int, text_dim: int, out_dim: int, key_dim: int = 128,
-                 heads: int = 1, self_affinity: bool = True, dropout: float = 0.1):
+                 heads: int = 1, self_affinity: bool = True, dropout: float = 0.1,
+                 shape_dim: int = 0):
         super().__init__()
         if key_dim % heads:
             raise ValueError(f"heads ({heads}) must divide key_dim ({key_dim})")
@@ -114,8 +125,11 @@ class CrossModalAffinity(nn.Module):
         self.keep = nn.Linear(key_dim, key_dim)       # the query's own features, passed on
         self.norm = nn.LayerNorm(key_dim)             # shared by both affinity steps
         self.dropout = nn.Dropout(dropout)
-        self.evidence = nn.Linear(2 * key_dim + 2 * heads, out_dim)
-        self.logit = nn.Linear(2 * heads, 1)
+        # silhouettes projected for the shape affinity (None: off)
+        self.shape = nn.Linear(SILHOUETTE * SILHOUETTE, shape_dim) if shape_dim else None
+        stats = 2 * heads + (2 if shape_dim else 0)
+        self.evidence = nn.Linear(2 * key_dim + stats, out_dim)
+        self.logit = nn.Linear(stats, 1)
 
     def tokens(self, appearance: Tensor, words: Tensor, padding: Tensor) -> Tensor:
         """appearance (M, S, D), words (M, L, text_dim), padding (M, L) -> fused (M, S, c)."""
@@ -141,5 +155,22 @@ class CrossModalAffinity(nn.Module):
         strongest = logits.amax(-1)                                           # (B, H, N)
         mean = (logits * on).sum(-1) / on.sum(-1).clamp(min=1)
         stats = torch.cat([strongest, mean], 1).transpose(1, 2)               # (B, N, 2H)
+        if self.shape is not None:
+            stats = torch.cat([stats, self.shape_affinity(query_appearance, support.appearance
+                                                          .reshape(b, k * t, d), s_valid)], -1)
         evidence = self.evidence(torch.cat([out, self.keep(query), stats], -1))
         return evidence, self.logit(stats)[..., 0]
+
+    def shape_affinity(self, query_appearance: Tensor, support_appearance: Tensor,
+                       support_valid: Tensor) -> Tensor:
+        """query (B, N, D), support (B, S, D) appearance, support_valid (B, S) bool -> (B, N, 2):
+        the maximum and the mean over the valid support tokens of the cosine similarity of
+        the projected silhouettes."""
+        sil = SILHOUETTE * SILHOUETTE
+        q = F.normalize(self.shape(query_appearance[..., -sil:]), dim=-1)
+        s = F.normalize(self.shape(support_appearance[..., -sil:]), dim=-1)
+        cos = q @ s.transpose(1, 2)                                           # (B, N, S)
+        on = support_valid[:, None, :]
+        strongest = cos.masked_fill(~on, -1.0).amax(-1)
+        mean = (cos * on).sum(-1) / on.sum(-1).clamp(min=1)
+        return torch.stack([strongest, mean], -1)

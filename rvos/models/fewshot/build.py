@@ -16,6 +16,6 @@ def build_fewshot_model(cfg: Config) -> FewShotGroundingModel:
     if f.affinity:
         affinity = CrossModalAffinity(appearance_dim(list(base.backbone.channels)), base.text.dim,
                                       cfg.model.grounding.dim, f.key_dim, f.heads,
-                                      f.self_affinity, f.dropout)
+                                      f.self_affinity, f.dropout, f.shape_dim)
     return FewShotGroundingModel(base.backbone, base.text, base.segmenter, base.scorer, affinity,
                                  cfg.model.grounding)

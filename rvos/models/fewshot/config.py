@@ -19,6 +19,9 @@ class CrossModalAffinityConfig:
     heads: int = 1                    # the official affinity is single-head
     self_affinity: bool = True        # step A: query tracks attend to the query's tracks first
     dropout: float = 0.1              # on the attended values, as the official module
+    # width of the silhouette projection of the shape affinity (an rvos addition, see
+    # rvos.models.fewshot.affinity); 0: off, the paper's module alone
+    shape_dim: int = 0
 
 
 @dataclass
