@@ -211,7 +211,29 @@ class WindowAttention(nn.Module):
         region_labels: (nW, N) shift-region ids (see :func:`shift_region_labels`) or None for no
         mask; window w of the batch uses row ``w % nW``.  window_chunk: windows per chunk (None:
         as many as keep a chunk's logits within :data:`ATTENTION_ELEMENT_BUDGET`).
+
+        Only the windows that straddle shift regions (the last row and column of windows) get
+        a mask: inside every other window the official mask is all zeros, and adding zero to
+        the logits changes no bit, so those windows are attended with the position bias alone,
+        without building a (windows, heads, N, N) mask for them.
         """
+        if region_labels is None:
+            return self._attend(windows, None, window_chunk)
+        rows = torch.arange(windows.shape[0], device=windows.device) % region_labels.shape[0]
+        straddles = (region_labels != region_labels[:, :1]).any(-1)[rows]          # (B * nW,)
+        if not bool(straddles.any()):
+            return self._attend(windows, None, window_chunk)
+        masked = straddles.nonzero().flatten()
+        plain = (~straddles).nonzero().flatten()
+        out = windows.new_empty(windows.shape)
+        out[masked] = self._attend(windows[masked], region_labels[rows[masked]], window_chunk)
+        if len(plain):
+            out[plain] = self._attend(windows[plain], None, window_chunk)
+        return out
+
+    def _attend(self, windows: Tensor, labels: Tensor | None, window_chunk: int | None) -> Tensor:
+        """windows (b, N, C), labels (b, N) region ids of each window's tokens (None: no
+        mask) -> (b, N, C), in chunks of windows."""
         total, n, channels = windows.shape
         heads = self.num_heads
         if window_chunk is None:
@@ -224,10 +246,9 @@ class WindowAttention(nn.Module):
             qkv = qkv.reshape(stop - start, n, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (b, heads, N, d)
             additive = bias
-            if region_labels is not None:
-                rows = torch.arange(start, stop, device=windows.device) % region_labels.shape[0]
-                labels = region_labels[rows]  # (b, N)
-                apart = labels[:, None, :] != labels[:, :, None]
+            if labels is not None:
+                chunk_labels = labels[start:stop]  # (b, N)
+                apart = chunk_labels[:, None, :] != chunk_labels[:, :, None]
                 mask = torch.zeros(apart.shape, dtype=q.dtype, device=q.device)
                 mask = mask.masked_fill(apart, SHIFT_MASK_VALUE)
                 additive = bias + mask.unsqueeze(1)
