@@ -428,12 +428,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rvos.outputs_dir import check_fresh_output, check_inputs_outside
     from rvos.predict import segment_video
 
+    from rvos.support import SupportSample
+
     if not Path(args.video).exists():
         raise RVOSError("video not found", args.video)
-    check_inputs_outside(args.out, {"--checkpoint": args.checkpoint, "--video": args.video})
+    supports = [SupportSample(Path(v), Path(m), t) for v, m, t in args.support or []]
+    inputs = {"--checkpoint": args.checkpoint, "--video": args.video}
+    for i, s in enumerate(supports):
+        inputs.update({f"--support {i + 1} video": s.video, f"--support {i + 1} masks": s.masks})
+    check_inputs_outside(args.out, inputs)
     check_fresh_output(args.out, args.overwrite, "predict")       # before loading the model
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.window,
                                           amp=args.amp)
+    if supports:
+        predictor.use_support(supports)
+    elif getattr(predictor.model, "affinity", None) is not None:
+        logging.getLogger("rvos").warning(
+            "a few-shot checkpoint without --support: the sentences alone decide (pass "
+            "--support VIDEO MASKS TEXT, annotated examples of the category)")
     summary = segment_video(predictor, args.video, args.text, args.out, args.threshold,
                             overwrite=args.overwrite, gif=not args.no_gif,
                             progress=not args.quiet)
@@ -595,6 +607,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--amp", action="store_true",
                     help="run the model under autocast (bf16; fp16 on GPUs without bf16)")
     pr.add_argument("--no-gif", action="store_true")
+    pr.add_argument("--support", nargs=3, action="append", metavar=("VIDEO", "MASKS", "TEXT"),
+                    help="few-shot checkpoints: an annotated example of the category to segment "
+                         "(a video or frame folder, a folder of its object's masks <frame>.png, "
+                         "its sentence); repeat for K shots")
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_predict)
 

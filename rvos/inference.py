@@ -95,6 +95,7 @@ class Predictor:
         self.short_side = short_side
         self.amp = amp
         self.amp_dtype = autocast_dtype(self.device)
+        self.support = None       # a few-shot checkpoint's support set (use_support)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
@@ -118,6 +119,21 @@ class Predictor:
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device),
                    amp=amp)
 
+    def use_support(self, samples: list) -> None:
+        """Segment with a few-shot checkpoint's support set: ``samples`` are
+        :class:`rvos.support.SupportSample` s (annotated examples of the category), read at the
+        model's input size and encoded once. Refused for a model that reads no support."""
+        from rvos.support import read_support
+
+        if getattr(self.model, "affinity", None) is None:
+            raise RVOSError("--support needs a few-shot checkpoint with the cross-modal affinity "
+                            "module (model.kind: fewshot, model.fewshot.affinity: true)")
+        clips = [read_support(s, self.input_size, self.device) for s in samples]
+        with torch.inference_mode():
+            self.support = self.model.encode_support([c.frames for c in clips],
+                                                     [c.masks for c in clips],
+                                                     [c.text for c in clips])
+
     def _prepare(self, frames: np.ndarray | list[np.ndarray]) -> Tensor:
         """frames: (T, H, W, 3) uint8 -> (1, T, 3, h, w) normalised at the input size."""
         frames = np.stack(frames) if isinstance(frames, list) else frames
@@ -133,7 +149,9 @@ class Predictor:
         clip = self._prepare(frames)                                  # one backbone pass
         same_clip = torch.zeros(len(texts), dtype=torch.long, device=self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = select_referred(self.model(clip, texts, same_clip))  # (K, T, h', w')
+            output = (self.model(clip, texts, same_clip) if self.support is None
+                      else self.model(clip, texts, same_clip, support=self.support))
+            logits = select_referred(output)                              # (K, T, h', w')
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
         return logits.sigmoid().transpose(0, 1).cpu().numpy()
 

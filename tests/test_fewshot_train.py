@@ -114,3 +114,100 @@ def test_diagnostic_supports_score_the_same_queries(run, synth, tmp_path):
         assert result["support"] == support
         counts[support] = result["overall"]["queries"]
     assert len(set(counts.values())) == 1
+
+
+def _support_for(synth: Path, category: str, tmp_path: Path, skip: int = 0) -> tuple[Path, Path, str]:
+    """(frame folder, a folder with the referred object's masks on two of its frames, the
+    sentence) of a synthetic video of ``category``: a support sample as a user supplies it."""
+    from rvos.data.palette import read_label_png, write_label_png
+
+    categories = json.loads((synth / "synth_info.json").read_text())["fewshot"]["video_categories"]
+    video = [v for v, c in sorted(categories.items()) if c == category][skip]
+    meta = json.loads((synth / "meta_expressions" / "train" / "meta_expressions.json").read_text())
+    exp = meta["videos"][video]["expressions"]["0"]
+    masks = tmp_path / f"masks_{video}"
+    for frame in meta["videos"][video]["frames"][1:5:2]:
+        labels = read_label_png(synth / "train" / "Annotations" / video / f"{frame}.png")
+        write_label_png(masks / f"{frame}.png", (labels == int(exp["obj_id"])).astype(np.uint8))
+    return synth / "train" / "JPEGImages" / video, masks, exp["exp"]
+
+
+def test_predict_with_a_support_set_reads_it(run, synth, tmp_path):
+    """rvos predict --support: K annotated examples of a novel category are encoded once and
+    reach the track scores; without them the checkpoint still runs, on the sentence alone."""
+    import torch
+    from PIL import Image
+
+    from rvos.inference import Predictor
+    from rvos.support import SupportSample
+
+    query_video = _support_for(synth, "square", tmp_path, skip=2)[0]
+    shots = [_support_for(synth, "square", tmp_path, skip=i) for i in (0, 1)]
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", str(run / "checkpoints" / "last"), "--video", str(query_video),
+            "--text", "the square", "--out", str(out), "--no-gif", "--quiet"]
+    for video, masks, text in shots:
+        args += ["--support", str(video), str(masks), text]
+    assert main(args) == 0
+    summary = json.loads((out / "expressions.json").read_text())
+    assert summary["frames"] == len(list(query_video.glob("*.jpg"))) and (out / "masks" / "0").is_dir()
+
+    predictor = Predictor.from_checkpoint(run / "checkpoints" / "last", "cpu")
+    predictor.use_support([SupportSample(v, m, t) for v, m, t in shots])
+    assert predictor.support.visible.shape[:2] == (1, 2) and predictor.support.visible.sum() > 0
+    # the query video's true objects as tracks (the tiny test segmenter finds none): the
+    # support must move their scores
+    from rvos.data.palette import read_label_png
+    from rvos.models.grounding.model import pad_tracks
+    from rvos.models.grounding.tracks import track_set
+
+    names = sorted(p.stem for p in query_video.glob("*.jpg"))
+    frames = np.stack([np.asarray(Image.open(query_video / f"{n}.jpg").convert("RGB")) for n in names])
+    labels = np.stack([read_label_png(query_video.parent.parent / "Annotations" / query_video.name
+                                      / f"{n}.png") for n in names])
+    objects = torch.from_numpy(np.stack([labels == i for i in np.unique(labels) if i]))
+    model = predictor.model
+    clip = predictor._prepare(frames)[0]
+    with torch.no_grad():
+        batch = pad_tracks([track_set(model.features(clip), clip, objects)])
+        words, padding = model.encode_text(["the square"], clip.device)
+        alone = model.score(batch, words, padding, None)
+        helped = model.score(batch, words, padding, predictor.support)
+    assert not torch.allclose(alone, helped)
+
+
+def test_predict_support_errors_name_the_file(run, synth, tmp_path, capsys):
+    from rvos.data.palette import write_label_png
+
+    video, masks, text = _support_for(synth, "square", tmp_path)
+    base = ["predict", "--checkpoint", str(run / "checkpoints" / "last"), "--video", str(video),
+            "--text", "the square", "--no-gif", "--quiet"]
+    stray = tmp_path / "stray"
+    write_label_png(stray / "frame_999.png", np.ones((48, 48), np.uint8))
+    wrong_size = tmp_path / "wrong_size"
+    write_label_png(wrong_size / f"{sorted(p.stem for p in masks.glob('*.png'))[0]}.png",
+                    np.ones((20, 30), np.uint8))
+    empty = tmp_path / "empty"
+    write_label_png(empty / f"{sorted(p.stem for p in masks.glob('*.png'))[0]}.png",
+                    np.zeros((48, 48), np.uint8))
+    cases = [(stray, "no mask is named as a frame"), (wrong_size, "mask is 30x20"),
+             (empty, "in none of the masks"), (tmp_path / "absent", "mask folder not found")]
+    for i, (folder, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert main(base + ["--out", str(out), "--support", str(video), str(folder), text]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(folder.name) in err and "Traceback" not in err
+        assert not out.exists()
+
+
+def test_support_is_refused_by_a_model_that_reads_none(synth, tmp_path):
+    from rvos.errors import RVOSError
+    from rvos.inference import Predictor
+    from rvos.models.build import build_model
+    from rvos.support import SupportSample
+
+    cfg = load_config("fewshot_baseline_synth", [f"data.root={synth}", *TINY])
+    predictor = Predictor(build_model(cfg, pretrained=False), (48, 48))
+    video, masks, text = _support_for(synth, "square", tmp_path)
+    with pytest.raises(RVOSError, match="--support needs a few-shot checkpoint"):
+        predictor.use_support([SupportSample(video, masks, text)])

@@ -75,15 +75,17 @@ class FewShotGroundingModel(TrackGroundingModel):
         return SupportBatch(appearance, visible, all_words, all_padding)
 
     @torch.no_grad()
-    def encode_support(self, frames: Tensor, masks: Tensor, texts: list[str]) -> SupportBatch:
+    def encode_support(self, frames: Tensor | list[Tensor], masks: Tensor | list[Tensor],
+                       texts: list[str]) -> SupportBatch:
         """One episode's support from its clips: frames (K, T, 3, H, W) ImageNet-normalised,
         masks (K, T, H, W) bool (the referred object), K sentences -> a one-episode
-        :class:`SupportBatch`."""
+        :class:`SupportBatch`. Clips of different lengths come as lists of (T_k, 3, H, W)
+        and (T_k, H, W)."""
         shots = []
         for clip, mask in zip(frames, masks):
             maps = self.features(clip)
             shots.append(track_set(maps, clip, mask[None]).without_masks())
-        return self.support_batch([shots], [list(texts)], frames.device)
+        return self.support_batch([shots], [list(texts)], frames[0].device)
 
     def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor | None = None,
                 support: SupportBatch | None = None) -> RVOSOutput:
