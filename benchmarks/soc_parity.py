@@ -121,7 +121,9 @@ def record_keys(checkout: Path, backbones: list[str], out: Path) -> None:
     for backbone in backbones:
         model = build_official(checkout, backbone, 0)
         record[backbone] = {k: list(v.shape) for k, v in model.state_dict().items()}
-    out.write_text(json.dumps(record, indent=0))
+    out.write_text(json.dumps({"official": str(checkout), "config": "configs/refer_youtube_vos.yaml",
+                               "recorded_by": "benchmarks/soc_parity.py --record-keys",
+                               "models": record}, indent=0))
     print(f"wrote {out}: {', '.join(f'{b} {len(k)} keys' for b, k in record.items())}")
 
 
