@@ -24,6 +24,13 @@ the script
    the query the official Ref-YouTube-VOS recipe selects and the IoU of its binary masks,
    frames/s and peak resident memory.
 
+With the official random initialisation the dynamic mask head's generated weights act on
+pixel-scale relative coordinates, so the mask logits reach several hundred; the float32
+rounding of its inputs (1e-6 relative, from summation order in attention and deformable
+sampling) then shows as ~1e-3 on them. The report gives the absolute and the relative
+differences; the exit status asks 1e-4 absolute for logits and boxes and 1e-4 times the
+largest mask logit (at least 1) for the masks, plus the same selected query.
+
 Prints a table and writes ``--json`` (default benchmarks/results/soc_parity.json). The
 official modules are imported at run time from the user's path only. Needs ``einops``,
 ``timm``, ``scipy``, ``pycocotools``, ``torchvision`` and PyYAML (the official imports);
@@ -47,6 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # this checkout's rvos first
 from referformer_parity import (ROBERTA_BASE, SENTENCE_IDS, FixedTokens, compare,  # noqa: E402
                                 make_frames, peak_rss_gb, reset_peak_rss)
 
@@ -235,7 +243,7 @@ def main() -> None:
     report = {"official": str(args.official), "official_commit": commit,
               "cpu": platform.processor() or platform.machine(), "threads": args.threads,
               "size": args.size, "torch": torch.__version__, "backbones": {}}
-    ok = True
+    ok = ok_scaled = True
     for backbone in args.backbone:
         args.backbone_now = backbone
         print(f"== {backbone}")
@@ -251,18 +259,27 @@ def main() -> None:
             for o in official_runs:
                 for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
                     diff, agreement = compare(work, o, r)
+                    scale = {n: float(x.abs().max()) for n, x in zip(
+                        ("pred_logits", "pred_boxes", "pred_masks"),
+                        torch.load(work / f"{o['outputs']}.pt"))}
                     ok &= max(diff.values()) < args.tolerance and agreement["same_query"]
+                    # mask logits scaled by their magnitude (see the docstring)
+                    ok_scaled &= (max(diff["pred_logits"], diff["pred_boxes"]) < args.tolerance
+                                  and diff["pred_masks"] < args.tolerance * max(1.0, scale["pred_masks"])
+                                  and agreement["same_query"])
                     rows.append({"frames": o["frames"],
                                  "official_frames_per_s": o["frames_per_s"],
                                  "rvos_frames_per_s": r["frames_per_s"],
                                  "speedup": r["frames_per_s"] / o["frames_per_s"],
                                  "official_peak_rss_gb": o["peak_rss_gb"],
                                  "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff,
+                                 "official_max_abs": scale,
+                                 "max_rel_diff": {n: diff[n] / max(scale[n], 1e-12) for n in diff},
                                  "selected_query_agreement": agreement})
         report["backbones"][backbone] = {"convert_s": convert_s, "runs": rows}
         print(f"{'T':>3} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} "
               f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks   "
-              f"same query, mask IoU")
+              f"same query, mask IoU, max |official mask logit|")
         for row in rows:
             d = row["max_abs_diff"]
             print(f"{row['frames']:>3} {row['official_frames_per_s']:>12.3f} "
@@ -270,12 +287,15 @@ def main() -> None:
                   f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
                   f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
                   f"{row['selected_query_agreement']['same_query']}, "
-                  f"{row['selected_query_agreement']['mask_iou']:.5f}")
+                  f"{row['selected_query_agreement']['mask_iou']:.5f}, "
+                  f"{row['official_max_abs']['pred_masks']:.1f}")
     report["within_tolerance"] = ok
+    report["within_tolerance_masks_scaled"] = ok_scaled
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
-    print(f"float32 outputs within {args.tolerance:g}: {ok}; report: {args.json}")
-    sys.exit(0 if ok else 1)
+    print(f"float32 outputs within {args.tolerance:g}: {ok}; with the mask logits' tolerance "
+          f"scaled by their magnitude: {ok_scaled}; report: {args.json}")
+    sys.exit(0 if ok_scaled else 1)
 
 
 if __name__ == "__main__":
