@@ -30,8 +30,8 @@ in eval mode, and this module computes with rvos's ReferFormer parts:
    mask logits at stride 4 (``mask_out_stride`` = ``mask_feat_stride`` = 4: no upsampling).
 
 What the official code also computes at inference and throws away, skipped here: the
-heads of the decoder layers after the first (their outputs never reach the returned
-dict), the frame queries of the middle layers, the language side of the fusion (``lvf``: the
+class, box and controller heads and the dynamic masks of the decoder layers after the
+first (their outputs never reach the returned dict), the language side of the fusion (``lvf``: the
 words attending to each level, whose result only feeds the training-time contrastive text
 feature; its weights are dropped by the converter), the sampling-point statistics of the
 decoder.
