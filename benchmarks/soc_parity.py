@@ -110,7 +110,10 @@ def official_options(checkout: Path, backbone: str) -> argparse.Namespace:
     return argparse.Namespace(**config)
 
 
-def build_official(checkout: Path, backbone: str, seed: int):
+def build_official(checkout: Path, backbone: str, seed: int, controller_scale: float = 1.0):
+    """The official model with random weights; ``controller_scale`` multiplies the dynamic
+    mask head's generator (the controller's last layer), a check of how the mask logits'
+    rounding differences follow their magnitude."""
     soc = import_official(checkout)
     torch.manual_seed(seed)
     model, _, _ = soc.build(official_options(checkout, backbone))
@@ -120,6 +123,9 @@ def build_official(checkout: Path, backbone: str, seed: int):
             if ("norm" not in name and not name.startswith("text_encoder")
                     and bool((p == p.flatten()[0]).all())):
                 p.add_(torch.randn_like(p) * 0.02)
+        last = model.controller.layers[-1]
+        last.weight.mul_(controller_scale)
+        last.bias.mul_(controller_scale)
     return model
 
 
@@ -144,7 +150,7 @@ def worker(args: argparse.Namespace) -> None:
     ids = torch.tensor([SENTENCE_IDS])
     runs = []
     if args.worker == "official":
-        model = build_official(Path(args.official), args.backbone, args.seed)
+        model = build_official(Path(args.official), args.backbone, args.seed, args.controller_scale)
         model.tokenizer = FixedTokens(ids)
         torch.save({"model": model.state_dict()}, work / "official.pth")
         misc = importlib.import_module("misc")
@@ -194,7 +200,7 @@ def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
     result = work / f"{side}.json"
     cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
            "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--frames", *map(str, args.frames)]
+           "--frames", *map(str, args.frames), "--controller-scale", str(args.controller_scale)]
     if args.official:
         cmd += ["--official", str(args.official)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
@@ -215,6 +221,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "soc_parity.json")
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--controller-scale", type=float, default=1.0,
+                        help="scale the official controller's last layer (mask logits of "
+                             "trained-model magnitude instead of thousands)")
     parser.add_argument("--record-keys", type=Path, help="write the official state dict's "
                         "names and shapes per backbone to this JSON file and stop")
     parser.add_argument("--worker", choices=["official", "rvos"], help=argparse.SUPPRESS)
@@ -242,7 +251,8 @@ def main() -> None:
         pass
     report = {"official": str(args.official), "official_commit": commit,
               "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-              "size": args.size, "torch": torch.__version__, "backbones": {}}
+              "size": args.size, "torch": torch.__version__,
+              "controller_scale": args.controller_scale, "backbones": {}}
     ok = ok_scaled = True
     for backbone in args.backbone:
         args.backbone_now = backbone
