@@ -177,10 +177,11 @@ def worker(args: argparse.Namespace) -> None:
             pred = model.predict(frames[None], ids, attention)
             return pred.logits, pred.boxes, pred.masks
     with torch.no_grad():
-        run(frames_all[: min(args.frames)])                      # warm-up
+        if not args.no_warmup:
+            run(frames_all[: min(args.frames)])                  # warm-up
         for t in args.frames:
             frames = frames_all[:t]
-            repeats = 1 if t > 8 else 2
+            repeats = args.repeats or (1 if t > 8 else 2)
             reset_peak_rss()
             start = time.perf_counter()
             for _ in range(repeats):
@@ -200,7 +201,8 @@ def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
     result = work / f"{side}.json"
     cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
            "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--frames", *map(str, args.frames), "--controller-scale", str(args.controller_scale)]
+           "--frames", *map(str, args.frames), "--controller-scale", str(args.controller_scale),
+           "--repeats", str(args.repeats)] + (["--no-warmup"] if args.no_warmup else [])
     if args.official:
         cmd += ["--official", str(args.official)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
@@ -221,6 +223,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "soc_parity.json")
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed runs per clip length (0: 2 up to 8 frames, else 1)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="no untimed first run (equivalence only: the timings then include it)")
     parser.add_argument("--controller-scale", type=float, default=1.0,
                         help="scale the official controller's last layer (mask logits of "
                              "trained-model magnitude instead of thousands)")
