@@ -410,6 +410,12 @@ RULES: dict[str, Rule] = {
     "model.referformer.inference.frame_chunk": NONNEG,     # 0: all frames at once
     "model.referformer.inference.short_side": COUNT,
     "model.referformer.inference.clip_frames": NONNEG,     # 0: the whole video
+    "model.referformer.soc.voc_queries": COUNT,
+    "model.referformer.soc.voc_enc_layers": NONNEG,
+    "model.referformer.soc.voc_dec_layers": COUNT,
+    "model.referformer.soc.voc_ffn": COUNT,
+    "model.referformer.soc.voc_heads": COUNT,
+    "model.referformer.soc.max_size": NONNEG,              # 0: no cap on the longer side
     "train.fewshot.min_shots": COUNT,
     "train.fewshot.category_word_dropout": RATE,
     "eval.window": COUNT,

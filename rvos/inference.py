@@ -62,6 +62,16 @@ def select_referred(output: RVOSOutput) -> Tensor:
     return output.mask_logits.gather(2, index)[:, :, 0]
 
 
+def capped_short_side(height: int, width: int, short_side: int, max_size: int) -> int:
+    """The shorter side to resize to so that the longer one stays within ``max_size`` (0: no
+    cap), as DETR's ``resize(..., size, max_size)`` picks it (SOC's ``RandomResize([360],
+    max_size=640)``): ``round(max_size * short / long)`` when ``short_side`` would overshoot."""
+    short, long = min(height, width), max(height, width)
+    if max_size and long / short * short_side > max_size:
+        return int(round(max_size * short / long))
+    return short_side
+
+
 @dataclass
 class FramePrediction:
     """One frame's result: probs (K, H, W) float32 in [0, 1], one map per sentence."""
@@ -85,7 +95,8 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int], window: int = 8,
-                 device: torch.device | str = "cpu", short_side: int = 0, amp: bool = False):
+                 device: torch.device | str = "cpu", short_side: int = 0, amp: bool = False,
+                 max_size: int = 0):
         if window < 1:
             raise ValueError("window must be >= 1")
         self.device = torch.device(device)
@@ -93,6 +104,7 @@ class Predictor:
         self.input_size = tuple(input_size)
         self.window = window
         self.short_side = short_side
+        self.max_size = max_size          # with short_side: the longer side's cap (0: none)
         self.amp = amp
         self.amp_dtype = autocast_dtype(self.device)
         self.support = None       # a few-shot checkpoint's support set (use_support)
@@ -114,8 +126,10 @@ class Predictor:
             recipe = cfg.model.referformer.inference
             model.load_tokenizer()              # a missing tokenizer fails before any work
             model.prepare_for_inference()
+            arch = cfg.model.referformer       # SOC resizes as DETR does, capping the long side
             return cls(model, cfg.data.input_size, window or recipe.clip_frames or WHOLE_VIDEO,
-                       resolve_device(device), short_side=recipe.short_side, amp=amp)
+                       resolve_device(device), short_side=recipe.short_side, amp=amp,
+                       max_size=arch.soc.max_size if arch.family == "soc" else 0)
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device),
                    amp=amp)
 
@@ -138,7 +152,8 @@ class Predictor:
         """frames: (T, H, W, 3) uint8 -> (1, T, 3, h, w) normalised at the input size."""
         frames = np.stack(frames) if isinstance(frames, list) else frames
         if self.short_side:
-            return preprocess_short_side(frames, self.short_side, self.device).unsqueeze(0)
+            side = capped_short_side(frames.shape[1], frames.shape[2], self.short_side, self.max_size)
+            return preprocess_short_side(frames, side, self.device).unsqueeze(0)
         return preprocess_frames(frames, self.input_size, self.device).unsqueeze(0)
 
     @torch.inference_mode()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rvos.models.referformer.soc_config import SOCConfig
+
 
 @dataclass
 class ReferFormerTextConfig:
@@ -70,3 +72,4 @@ class ReferFormerConfig:
     rel_coord: bool = True
     text: ReferFormerTextConfig = field(default_factory=ReferFormerTextConfig)
     inference: ReferFormerInferenceConfig = field(default_factory=ReferFormerInferenceConfig)
+    soc: SOCConfig = field(default_factory=SOCConfig)     # family "soc" only

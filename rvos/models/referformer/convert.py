@@ -46,8 +46,9 @@ SAFE_GLOBALS = [argparse.Namespace, collections.Counter]
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of an official ``.pth`` (its ``model`` entry, or the file itself when it
-    is a bare state dict), loaded with ``weights_only=True``."""
+    """The state dict of an official ``.pth`` (its ``model`` entry, SOC's
+    ``model_state_dict``, or the file itself when it is a bare state dict), loaded with
+    ``weights_only=True``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise RVOSError("official checkpoint not found", path)
@@ -57,10 +58,12 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     except Exception as e:   # not a pickle, truncated, or holding objects beyond tensors
         raise RVOSError(f"cannot read the checkpoint with weights_only=True "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from None
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    state = None
+    if isinstance(obj, dict):   # "model": ReferFormer's training; "model_state_dict": SOC's
+        state = obj.get("model", obj.get("model_state_dict", obj))
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise RVOSError("the file holds no state dict (expected a dict with a 'model' entry of "
-                        "tensors, as the official training saves)", path)
+        raise RVOSError("the file holds no state dict (expected a dict with a 'model' or "
+                        "'model_state_dict' entry of tensors, as the official trainings save)", path)
     return state
 
 
