@@ -415,7 +415,7 @@ RULES: dict[str, Rule] = {
     "model.referformer.soc.voc_dec_layers": COUNT,
     "model.referformer.soc.voc_ffn": COUNT,
     "model.referformer.soc.voc_heads": COUNT,
-    "model.referformer.soc.max_size": NONNEG,              # 0: no cap on the longer side
+    "model.referformer.inference.max_size": NONNEG,        # 0: no cap on the longer side
     "train.fewshot.min_shots": COUNT,
     "train.fewshot.category_word_dropout": RATE,
     "eval.window": COUNT,

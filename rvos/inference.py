@@ -126,10 +126,9 @@ class Predictor:
             recipe = cfg.model.referformer.inference
             model.load_tokenizer()              # a missing tokenizer fails before any work
             model.prepare_for_inference()
-            arch = cfg.model.referformer       # SOC resizes as DETR does, capping the long side
             return cls(model, cfg.data.input_size, window or recipe.clip_frames or WHOLE_VIDEO,
                        resolve_device(device), short_side=recipe.short_side, amp=amp,
-                       max_size=arch.soc.max_size if arch.family == "soc" else 0)
+                       max_size=recipe.max_size)
         return cls(model, cfg.data.input_size, window or cfg.eval.window, resolve_device(device),
                    amp=amp)
 

@@ -38,6 +38,7 @@ class ReferFormerInferenceConfig:
     outputs, less time and memory)."""
 
     short_side: int = 360             # frames resized (PIL bilinear) to this shorter side
+    max_size: int = 0                 # ... with the longer side capped at this (0: no cap; SOC: 640)
     clip_frames: int = 0              # frames per clip; 0: the whole video is one clip (official)
     frame_chunk: int = 4              # frames through the per-frame parts at a time (0: all)
     channels_last: bool = True        # ResNet convolutions in NHWC (oneDNN's fast CPU layout)

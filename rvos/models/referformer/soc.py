@@ -63,7 +63,8 @@ from torch import Tensor, nn
 from rvos.errors import RVOSError
 from rvos.models.query.layers import MLP
 from rvos.models.referformer.backbone import build_backbone
-from rvos.models.referformer.config import ReferFormerConfig, ReferFormerTextConfig
+from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
+                                            ReferFormerTextConfig)
 from rvos.models.referformer.convert import _backbone_name, _count, _dynamic_head
 from rvos.models.referformer.layers import (Attention, FeatureResizer, feed_forward,
                                             inverse_sigmoid, sine_position_1d)
@@ -432,7 +433,8 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
         dec_n_points=points("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
         with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
         mask_dim=mask_dim, controller_layers=layers, dynamic_mask_channels=channels,
-        rel_coord=rel, text=text, soc=soc)
+        rel_coord=rel, text=text, soc=soc,
+        inference=ReferFormerInferenceConfig(max_size=640))   # RandomResize([360], max_size=640)
 
 
 def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
