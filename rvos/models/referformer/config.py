@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rvos.models.referformer.bifit.config import BIFITConfig
+
 
 @dataclass
 class ReferFormerTextConfig:
@@ -69,4 +71,5 @@ class ReferFormerConfig:
     dynamic_mask_channels: int = 8
     rel_coord: bool = True
     text: ReferFormerTextConfig = field(default_factory=ReferFormerTextConfig)
+    bifit: BIFITConfig = field(default_factory=BIFITConfig)   # family bifit only
     inference: ReferFormerInferenceConfig = field(default_factory=ReferFormerInferenceConfig)
