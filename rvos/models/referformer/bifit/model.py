@@ -225,12 +225,15 @@ class BIFIT(ReferFormer):
         sentence = self.clip_sentence(projected, words)                            # (k, C)
 
         stage, memories = [], []
-        for proj, lat0 in zip(projected, lateral0):
+        for i, lat0 in enumerate(lateral0):
+            proj, projected[i] = projected[i], None          # each chunk's levels freed once fused
             srcs, poses = self._fuse(proj, words, word_pos, padding)
+            del proj
             memory, spatial_shapes = self.transformer.encode(srcs, poses)
+            del srcs
             memories.append(memory)
             stage.append(self._fpn_inputs(lat0, self.transformer.memory_maps(memory, spatial_shapes), k))
-        del projected, lateral0
+        del lateral0
 
         tgt, query_pos, reference = self.transformer.initial_queries(sentence, self.query_embed.weight)
         q, c = tgt.shape[1:]
