@@ -245,8 +245,7 @@ class BIFIT(ReferFormer):
         reference_in = references[last - 1] if last > 0 else reference[:, None].expand(k, t, q, 2)
         for chunk, s in zip(chunks, stage):
             n = chunk.stop - chunk.start
-
-            def rows(x: Tensor) -> Tensor:          # (k, T, ...) -> (k*n, ...) of the chunk
-                return x[:, chunk].reshape(k * n, *x.shape[2:])
-            s.update(self._heads(rows(hs), rows(reference_in), rows(references[last]), k, n))
+            rows = [x[:, chunk].reshape(k * n, *x.shape[2:])         # (k, T, ...) -> (k*n, ...)
+                    for x in (hs, reference_in, references[last])]
+            s.update(self._heads(*rows, k, n))
         return stage
