@@ -108,10 +108,10 @@ def test_bad_checkpoints_name_the_problem():
     ffn = dict(state, **{"transformer.decoder.query_encoder_layers.0.linear1.weight": torch.zeros(1024, 256)})
     with pytest.raises(RVOSError, match=r"FFN width \(1024\) is not the transformer's dim_feedforward \(2048\)"):
         config_from_state(ffn)
-    for err in (RVOSError,):
-        with pytest.raises(err) as info:
-            convert_state(extra, expected, Path("ckpt.pth"))
-        assert str(info.value).startswith("ckpt.pth: ") and "\n" not in str(info.value)
+    with pytest.raises(RVOSError) as info:                 # one line, naming the file once
+        convert_state(extra, expected, Path("ckpt.pth"))
+    assert str(info.value).startswith("ckpt.pth: ") and "\n" not in str(info.value)
+    assert str(info.value).count("ckpt.pth") == 1
 
 
 def test_plain_referformer_is_not_bifit():
