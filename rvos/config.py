@@ -407,6 +407,7 @@ RULES: dict[str, Rule] = {
     "model.referformer.text.max_positions": COUNT,
     "model.referformer.text.type_vocab_size": COUNT,
     "model.referformer.text.layer_norm_eps": POSITIVE_REAL,
+    "model.referformer.bifit.query_enc_layers": NONNEG,
     "model.referformer.inference.frame_chunk": NONNEG,     # 0: all frames at once
     "model.referformer.inference.short_side": COUNT,
     "model.referformer.inference.clip_frames": NONNEG,     # 0: the whole video

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rvos.models.referformer.bifit.config import BIFITConfig
 from rvos.models.referformer.soc_config import SOCConfig
 
 
@@ -73,4 +74,6 @@ class ReferFormerConfig:
     rel_coord: bool = True
     text: ReferFormerTextConfig = field(default_factory=ReferFormerTextConfig)
     inference: ReferFormerInferenceConfig = field(default_factory=ReferFormerInferenceConfig)
-    soc: SOCConfig = field(default_factory=SOCConfig)     # family "soc" only
+    # the derived families' own fields (rvos.models.referformer.families)
+    bifit: BIFITConfig = field(default_factory=BIFITConfig)   # family "bifit" only
+    soc: SOCConfig = field(default_factory=SOCConfig)         # family "soc" only

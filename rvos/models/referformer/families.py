@@ -28,6 +28,7 @@ from torch import Tensor
 FAMILIES: dict[str, str] = {
     "referformer": "rvos.models.referformer.base_family",
     "soc": "rvos.models.referformer.soc",
+    "bifit": "rvos.models.referformer.bifit",
 }
 DETECTION_ORDER: tuple[str, ...] = tuple(f for f in FAMILIES if f != "referformer") + ("referformer",)
 

@@ -193,47 +193,118 @@ class ReferFormer(nn.Module):
     def _predict_video(self, frames: Tensor, words: Tensor, word_pos: Tensor, padding: Tensor,
                        sentence: Tensor) -> ReferFormerPredictions:
         """frames (T, 3, H, W) of one video, k sentences -> predictions (k, T, ...)."""
-        cfg, fpn = self.cfg, self.pixel_decoder
-        t, _, height, width = frames.shape
-        k = words.shape[0]
+        t = frames.shape[0]
         autocast = torch.autocast(frames.device.type, dtype=torch.bfloat16,
-                                  enabled=cfg.inference.bf16)
+                                  enabled=self.cfg.inference.bf16)
         chunks = self._chunks(t)
-        stage: list[dict] = []
         with autocast:
-            # a Video Swin mixes the frames of the clip: it sees the whole clip at once
-            clip_maps = self.backbone(frames, t) if self.backbone.temporal else None
-            for chunk in chunks:
-                maps = ([m[chunk] for m in clip_maps] if clip_maps is not None
-                        else self.backbone(self._frames_in(frames[chunk]), chunk.stop - chunk.start))
-                stage.append(self._encode_chunk(maps, words, word_pos, padding, sentence))
-            del clip_maps
-            # the FPN's cross-frame self-attention, level by level over the whole clip
-            attended = []
-            for level in range(fpn.levels):
-                qk = torch.cat([s["attn_in"][level][0] for s in stage], 1)
-                val = torch.cat([s["attn_in"][level][1] for s in stage], 1)
-                clips = qk.shape[0]                      # 1 for the text-free stride-4 level
-                out = fpn.attend(level, qk.flatten(0, 1), val.flatten(0, 1), clips)
-                attended.append(out.view(clips, t, *out.shape[1:]))
-            masks = []
-            for chunk, s in zip(chunks, stage):
-                n = chunk.stop - chunk.start
-                laterals = [lat.expand(k, *lat.shape[1:]).flatten(0, 1) for lat in s["laterals"]]
-                att = [a[:, chunk].expand(k, n, *a.shape[2:]).flatten(0, 1) for a in attended]
-                pos = [self._position(*lat.shape[-2:], frames.device) for lat in laterals]
-                rows = torch.arange(k, device=frames.device).repeat_interleave(n)
-                features = fpn.decode(laterals, att, pos, words, word_pos, padding, rows)
-                centres = s["centres"] * torch.tensor([width, height], dtype=torch.float32,
-                                                      device=frames.device)
-                logits = dynamic_mask_logits(features.float(), s["params"].float(), centres,
-                                             cfg.dynamic_mask_channels, cfg.controller_layers,
-                                             cfg.rel_coord)
-                masks.append(logits.view(k, n, *logits.shape[1:]))
+            stage = self._clip_stages(frames, chunks, words, word_pos, padding, sentence)
+            masks = self._clip_masks(frames, chunks, stage, words, word_pos, padding)
         return ReferFormerPredictions(
             logits=torch.cat([s["logits"] for s in stage], 1).float(),
             boxes=torch.cat([s["boxes"] for s in stage], 1).float(),
-            masks=torch.cat(masks, 1))
+            masks=masks)
+
+    def _backbone_chunks(self, frames: Tensor, chunks: list[slice]):
+        """The backbone's four maps (n, C_i, H_i, W_i) of each chunk of frames, in order (a
+        Video Swin mixes the frames of the clip: it sees the whole clip at once)."""
+        t = frames.shape[0]
+        clip_maps = self.backbone(frames, t) if self.backbone.temporal else None
+        for chunk in chunks:
+            yield ([m[chunk] for m in clip_maps] if clip_maps is not None
+                   else self.backbone(self._frames_in(frames[chunk]), chunk.stop - chunk.start))
+
+    def _clip_stages(self, frames: Tensor, chunks: list[slice], words: Tensor, word_pos: Tensor,
+                     padding: Tensor, sentence: Tensor) -> list[dict]:
+        """Per chunk of frames, :meth:`_encode_chunk`'s entries (k, n, ...)."""
+        return [self._encode_chunk(maps, words, word_pos, padding, sentence)
+                for maps in self._backbone_chunks(frames, chunks)]
+
+    def _clip_masks(self, frames: Tensor, chunks: list[slice], stage: list[dict], words: Tensor,
+                    word_pos: Tensor, padding: Tensor) -> Tensor:
+        """The FPN over the clip and the dynamic mask head: the chunks' ``laterals``,
+        ``attn_in``, ``params`` and ``centres`` -> mask logits (k, T, Q, H/4, W/4)."""
+        cfg, fpn = self.cfg, self.pixel_decoder
+        t, _, height, width = frames.shape
+        k = words.shape[0]
+        # the FPN's cross-frame self-attention, level by level over the whole clip
+        attended = []
+        for level in range(fpn.levels):
+            qk = torch.cat([s["attn_in"][level][0] for s in stage], 1)
+            val = torch.cat([s["attn_in"][level][1] for s in stage], 1)
+            clips = qk.shape[0]                      # 1 for the text-free stride-4 level
+            out = fpn.attend(level, qk.flatten(0, 1), val.flatten(0, 1), clips)
+            attended.append(out.view(clips, t, *out.shape[1:]))
+        masks = []
+        for chunk, s in zip(chunks, stage):
+            n = chunk.stop - chunk.start
+            laterals = [lat.expand(k, *lat.shape[1:]).flatten(0, 1) for lat in s["laterals"]]
+            att = [a[:, chunk].expand(k, n, *a.shape[2:]).flatten(0, 1) for a in attended]
+            pos = [self._position(*lat.shape[-2:], frames.device) for lat in laterals]
+            rows = torch.arange(k, device=frames.device).repeat_interleave(n)
+            features = fpn.decode(laterals, att, pos, words, word_pos, padding, rows)
+            centres = s["centres"] * torch.tensor([width, height], dtype=torch.float32,
+                                                  device=frames.device)
+            logits = dynamic_mask_logits(features.float(), s["params"].float(), centres,
+                                         cfg.dynamic_mask_channels, cfg.controller_layers,
+                                         cfg.rel_coord)
+            masks.append(logits.view(k, n, *logits.shape[1:]))
+        return torch.cat(masks, 1)
+
+    def _project(self, maps: list[Tensor]) -> list[Tensor]:
+        """The four backbone maps (n, C_i, H_i, W_i) -> the transformer's four levels
+        (n, C, h_l, w_l) before any fusion (the extra stride-64 level is made from res5)."""
+        inputs = maps[-3:] + [maps[-1]]
+        return [proj(x) for proj, x in zip(self.input_proj, inputs)]
+
+    def _fuse(self, projected: list[Tensor], words: Tensor, word_pos: Tensor, padding: Tensor
+              ) -> tuple[list[Tensor], list[Tensor]]:
+        """Early fusion of the n frames' levels with each of the k sentences' words ->
+        (levels (k*n, C, h_l, w_l) sentence-major, their sine encodings (C, h_l, w_l))."""
+        n, k, device = projected[0].shape[0], words.shape[0], projected[0].device
+        rows = torch.arange(k, device=device).repeat_interleave(n)      # sentence of each row
+        srcs, poses = [], []
+        for src in projected:
+            src = src[None].expand(k, *src.shape).flatten(0, 1)
+            srcs.append(self.fusion_module(src, words[rows], word_pos[rows], padding[rows]))
+            poses.append(self._position(*src.shape[-2:], device))
+        return srcs, poses
+
+    def _heads(self, hs: Tensor, reference_in: Tensor, reference_out: Tensor, k: int, n: int) -> dict:
+        """The last decoder layer's heads: its output hs (k*n, Q, C), the reference it read
+        (k*n, Q, 2 | 4) and the one it refined (k*n, Q, 2 | 4) -> ``logits``, ``boxes``
+        (k, n, Q, ...), ``params`` (the dynamic head's weights, (k*n, Q, P)) and
+        ``centres`` (normalised reference points of the masks, (k*n, Q, 2))."""
+        last = self.cfg.dec_layers - 1
+        delta = self.bbox_embed[last](hs)
+        if reference_in.shape[-1] == 4:
+            boxes = (delta + inverse_sigmoid(reference_in)).sigmoid()
+        else:
+            boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference_in), delta[..., 2:]), -1).sigmoid()
+        return {
+            "logits": self.class_embed[last](hs).view(k, n, *hs.shape[1:2], -1),
+            "boxes": boxes.view(k, n, *boxes.shape[1:]),
+            "params": self.controller(hs),
+            "centres": reference_out[..., :2].float(),
+        }
+
+    def _fpn_inputs(self, lateral0: Tensor, memory: list[Tensor], k: int) -> dict:
+        """The FPN's per-chunk inputs: the stride-4 lateral (n, C, H/4, W/4) shared by the
+        sentences and the encoder memory's three levels as maps (k*n, C, h_l, w_l) ->
+        ``laterals`` (per FPN level, finest first; the stride-4 one (1, n, ...), the others
+        (k, n, ...)) and ``attn_in`` (their subsampled attention inputs, same layout)."""
+        fpn, device = self.pixel_decoder, lateral0.device
+        n = lateral0.shape[0]
+        laterals = [lateral0[None]]
+        attn_in = [tuple(x[None] for x in fpn.attention_inputs(
+            0, lateral0, self._position(*lateral0.shape[-2:], device)))]
+        for level in (1, 2, 3):
+            lat = fpn.lateral(level, memory[level - 1])
+            laterals.append(lat.view(k, n, *lat.shape[1:]))
+            pos = self._position(*lat.shape[-2:], device)
+            attn_in.append(tuple(x.view(k, n, *x.shape[1:])
+                                 for x in fpn.attention_inputs(level, lat, pos)))
+        return {"laterals": laterals, "attn_in": attn_in}
 
     def _encode_chunk(self, maps: list[Tensor], words: Tensor, word_pos: Tensor,
                       padding: Tensor, sentence: Tensor) -> dict:
@@ -245,50 +316,18 @@ class ReferFormer(nn.Module):
         ``laterals`` (per FPN level, finest first; the stride-4 one shared by the
         sentences, (1, n, ...)) and ``attn_in`` (their subsampled attention inputs).
         """
-        cfg, fpn = self.cfg, self.pixel_decoder
+        cfg = self.cfg
         n, k, device = maps[0].shape[0], words.shape[0], maps[0].device
         rows = torch.arange(k, device=device).repeat_interleave(n)      # sentence of each row
-
-        def per_sentence(x: Tensor) -> Tensor:       # (n, ...) -> (k*n, ...), sentence-major
-            return x[None].expand(k, *x.shape).flatten(0, 1)
-
-        srcs, poses = [], []
-        inputs = maps[-3:] + [maps[-1]]        # the extra stride-64 level is made from res5
-        for level, proj in enumerate(self.input_proj):
-            src = proj(inputs[level])
-            src = per_sentence(src)
-            srcs.append(self.fusion_module(src, words[rows], word_pos[rows], padding[rows]))
-            poses.append(self._position(*src.shape[-2:], device))
+        srcs, poses = self._fuse(self._project(maps), words, word_pos, padding)
         hs, reference0, references, memory = self.transformer(
             srcs, poses, sentence[rows], self.query_embed.weight,
             self.bbox_embed if cfg.with_box_refine else None)
-
         last = cfg.dec_layers - 1
         reference = references[last - 1] if last > 0 else reference0
-        delta = self.bbox_embed[last](hs)
-        if reference.shape[-1] == 4:
-            boxes = (delta + inverse_sigmoid(reference)).sigmoid()
-        else:
-            boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
-
-        lateral0 = fpn.lateral(0, maps[0])
-        laterals = [lateral0[None]]
-        attn_in = [tuple(x[None] for x in fpn.attention_inputs(
-            0, lateral0, self._position(*lateral0.shape[-2:], device)))]
-        for level in (1, 2, 3):
-            lat = fpn.lateral(level, memory[level - 1])
-            laterals.append(lat.view(k, n, *lat.shape[1:]))
-            pos = self._position(*lat.shape[-2:], device)
-            attn_in.append(tuple(x.view(k, n, *x.shape[1:])
-                                 for x in fpn.attention_inputs(level, lat, pos)))
-        return {
-            "logits": self.class_embed[last](hs).view(k, n, *hs.shape[1:2], -1),
-            "boxes": boxes.view(k, n, *boxes.shape[1:]),
-            "params": self.controller(hs),
-            "centres": references[last][..., :2].float(),
-            "laterals": laterals,
-            "attn_in": attn_in,
-        }
+        out = self._heads(hs, reference, references[last], k, n)
+        out.update(self._fpn_inputs(self.pixel_decoder.lateral(0, maps[0]), memory, k))
+        return out
 
     # ---- the rvos model interface (Predictor, evaluation)
     def forward(self, frames: Tensor, texts: list[str], clip_index: Tensor) -> RVOSOutput:

@@ -128,25 +128,40 @@ class DeformableTransformer(nn.Module):
         self.level_embed = nn.Parameter(torch.zeros(levels, dim))
         self.reference_points = nn.Linear(dim, 2)
 
-    def forward(self, srcs: list[Tensor], pos: list[Tensor], sentence: Tensor,
-                query_embed: Tensor, bbox_embed: nn.ModuleList | None
-                ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    def encode(self, srcs: list[Tensor], pos: list[Tensor]) -> tuple[Tensor, SpatialShapes]:
+        """srcs: L maps (N, C, H_l, W_l), pos: L encodings (C, H_l, W_l) -> (memory (N, S, C),
+        the levels' (H_l, W_l))."""
         n = srcs[0].shape[0]
         spatial_shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)          # (N, S, C)
         lvl_pos = torch.cat([p.flatten(1).t() + self.level_embed[i]
                              for i, p in enumerate(pos)], 0)                      # (S, C)
-        memory = self.encoder(src, lvl_pos[None].expand(n, -1, -1), spatial_shapes)
+        return self.encoder(src, lvl_pos[None].expand(n, -1, -1), spatial_shapes), spatial_shapes
 
-        q = query_embed.shape[0]
+    def initial_queries(self, sentence: Tensor, query_embed: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """sentence (N, C), query_embed (Q, C) -> the decoder's input content (N, Q, C),
+        query positions (N, Q, C) and initial reference points (N, Q, 2)."""
+        n, q = sentence.shape[0], query_embed.shape[0]
         query_pos = query_embed[None].expand(n, -1, -1)
         reference = self.reference_points(query_pos).sigmoid()                    # (N, Q, 2)
-        tgt = sentence[:, None, :].expand(-1, q, -1)
-        hs, references = self.decoder(tgt, query_pos, reference, memory, spatial_shapes,
-                                      bbox_embed)
+        return sentence[:, None, :].expand(-1, q, -1), query_pos, reference
 
+    @staticmethod
+    def memory_maps(memory: Tensor, spatial_shapes: SpatialShapes) -> list[Tensor]:
+        """memory (N, S, C) -> its first L-1 levels as maps (N, C, H_l, W_l)."""
+        n = memory.shape[0]
         maps, start = [], 0
         for h, w in spatial_shapes[:-1]:
             maps.append(memory[:, start:start + h * w].transpose(1, 2).reshape(n, -1, h, w))
             start += h * w
-        return hs, reference, references, maps
+        return maps
+
+    def forward(self, srcs: list[Tensor], pos: list[Tensor], sentence: Tensor,
+                query_embed: Tensor, bbox_embed: nn.ModuleList | None
+                ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        memory, spatial_shapes = self.encode(srcs, pos)
+        tgt, query_pos, reference = self.initial_queries(sentence, query_embed)
+        hs, references = self.decoder(tgt, query_pos, reference, memory, spatial_shapes,
+                                      bbox_embed)
+        return hs, reference, references, self.memory_maps(memory, spatial_shapes)
