@@ -27,6 +27,7 @@ from torch import Tensor
 # name -> module; the derived families are detected first, plain ReferFormer last
 FAMILIES: dict[str, str] = {
     "referformer": "rvos.models.referformer.base_family",
+    "sgmg": "rvos.models.referformer.sgmg",
 }
 DETECTION_ORDER: tuple[str, ...] = tuple(f for f in FAMILIES if f != "referformer") + ("referformer",)
 
