@@ -470,6 +470,9 @@ class SgMg(nn.Module):
         projected = [proj(m) for proj, m in zip(self.input_proj[:3], maps[-3:])]
         projected.append(self.input_proj[3](maps[-1]))
         sizes = [tuple(p.shape[-2:]) for p in projected]
+        if min(sizes[-1]) < 3:     # the filters' unpadded 3x3 convolution (the official fails too)
+            raise RVOSError(f"SgMg needs frames of at least 129 pixels a side (its stride-64 "
+                            f"level must be 3x3 or more); got {height}x{width}")
         layout, gaussians = self._layout(height, width, padded, sizes, device)
         srcs = []
         for level, src in enumerate(projected):
