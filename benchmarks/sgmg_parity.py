@@ -201,10 +201,10 @@ def worker(args: argparse.Namespace) -> None:
             q = p.query
             return (p.logits, q, p.logits[:, :, q], p.boxes[:, :, q], p.masks)
     with torch.no_grad():
-        run(frames_all[: min(args.frames)])                           # warm-up
+        run(frames_all[:2])                                           # warm-up
         for t in args.frames:
             frames = frames_all[:t]
-            repeats = 1 if t > 8 else 2
+            repeats = 1 if t > 8 else args.repeats
             reset_peak_rss()
             start = time.perf_counter()
             for _ in range(repeats):
@@ -224,7 +224,7 @@ def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
     result = work / f"{side}.json"
     cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
            "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--frames", *map(str, args.frames)]
+           "--repeats", str(args.repeats), "--frames", *map(str, args.frames)]
     if args.official:
         cmd += ["--official", str(args.official)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
@@ -245,7 +245,9 @@ def compare(work: Path, official: dict, mine: dict) -> tuple[dict, dict]:
     mask_a, mask_b = a[4] > 0, b[4] > 0
     union = (mask_a | mask_b).sum()
     iou = float((mask_a & mask_b).sum() / union) if union else 1.0
-    return diff, {"same_query": same_query, "query": int(a[1][0]), "mask_iou": iou,
+    diff_rel = diff["pred_masks"] / max(float(a[4].abs().max()), 1e-12)
+    return diff, {"same_query": same_query, "pred_masks_max_abs": float(a[4].abs().max()),
+                  "pred_masks_relative_diff": diff_rel, "query": int(a[1][0]), "mask_iou": iou,
                   "mask_pixels_differing": int((mask_a ^ mask_b).sum())}
 
 
@@ -259,6 +261,7 @@ def main() -> None:
     parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per clip of 8 frames or fewer")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sgmg_parity.json")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--record-keys", type=Path, help="write the official names and shapes here and exit")
