@@ -65,7 +65,7 @@ from rvos.models.query.layers import MLP
 from rvos.models.referformer.backbone import ResNetBackbone, build_backbone
 from rvos.models.referformer.config import ReferFormerConfig, ReferFormerTextConfig
 from rvos.models.referformer.convert import _backbone_name, _count
-from rvos.models.referformer.layers import FeatureResizer, feed_forward, inverse_sigmoid
+from rvos.models.referformer.layers import FeatureResizer, inverse_sigmoid, sine_position_1d
 from rvos.models.referformer.model import VisionLanguageFusion, _roberta, load_roberta_tokenizer
 from rvos.models.referformer.transformer import DeformableTransformer
 
@@ -353,8 +353,6 @@ class SgMg(nn.Module):
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> words (K, L, C), their sine encoding (K, L, C), padding (K, L) bool, sentence (K, C)."""
-        from rvos.models.referformer.layers import sine_position_1d
-
         out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
         words = self.text_proj(out.last_hidden_state)
         padding = attention_mask.ne(1)
