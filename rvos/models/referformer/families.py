@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "referformer": "rvos.models.referformer.base_family",
     "soc": "rvos.models.referformer.soc",
     "bifit": "rvos.models.referformer.bifit",
+    "sgmg": "rvos.models.referformer.sgmg",
 }
 DETECTION_ORDER: tuple[str, ...] = tuple(f for f in FAMILIES if f != "referformer") + ("referformer",)
 

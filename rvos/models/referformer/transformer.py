@@ -33,9 +33,10 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, src: Tensor, pos: Tensor, reference: Tensor,
-                spatial_shapes: SpatialShapes) -> Tensor:
-        """src, pos (N, S, C); reference (N, S, L, 2) -> (N, S, C)."""
-        src = self.norm1(src + self.self_attn(src + pos, reference, src, spatial_shapes))
+                spatial_shapes: SpatialShapes, padding: Tensor | None = None) -> Tensor:
+        """src, pos (N, S, C); reference (N, S, L, 2); padding (N or 1, S) bool, True at
+        padded tokens (their values are zeroed), or None -> (N, S, C)."""
+        src = self.norm1(src + self.self_attn(src + pos, reference, src, spatial_shapes, padding))
         return self.norm2(src + feed_forward(src, self.linear1, self.linear2))
 
 
@@ -67,11 +68,13 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor,
-                spatial_shapes: SpatialShapes) -> Tensor:
-        """tgt, query_pos (N, Q, C); reference (N, Q, L, 2 | 4); memory (N, S, C)."""
+                spatial_shapes: SpatialShapes, padding: Tensor | None = None) -> Tensor:
+        """tgt, query_pos (N, Q, C); reference (N, Q, L, 2 | 4); memory (N, S, C); padding
+        (N or 1, S) bool at the memory's padded tokens, or None."""
         q = tgt + query_pos
         tgt = self.norm2(tgt + self.self_attn(q, q, tgt))
-        tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, reference, memory, spatial_shapes))
+        tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, reference, memory, spatial_shapes,
+                                               padding))
         return self.norm3(tgt + feed_forward(tgt, self.linear1, self.linear2))
 
 
