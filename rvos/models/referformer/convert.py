@@ -23,6 +23,7 @@ import argparse
 import collections
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,16 +68,16 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def _count(state: dict[str, Tensor], prefix: str) -> int:
+def count_children(state: dict[str, Tensor], prefix: str) -> int:
     """Number of consecutive indexed children ``prefix<i>.`` in the keys."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
     return max(found) + 1 if found else 0
 
 
-def _backbone_name(state: dict[str, Tensor], source: Path | None) -> str:
+def backbone_name(state: dict[str, Tensor], source: Path | None) -> str:
     if "backbone.0.body.layer1.0.conv1.weight" in state:
-        blocks = _count(state, "backbone.0.body.layer3.")
+        blocks = count_children(state, "backbone.0.body.layer3.")
         names = {6: "resnet50", 23: "resnet101"}
         if blocks not in names:
             raise RVOSError(f"a ResNet backbone with {blocks} blocks in layer3 is not one "
@@ -88,7 +89,7 @@ def _backbone_name(state: dict[str, Tensor], source: Path | None) -> str:
                         "(backbone.0.body.patch_embed...) keys", source)
     video = patch.dim() == 5
     embed = patch.shape[0]
-    depths = tuple(_count(state, f"backbone.0.body.layers.{i}.blocks.") for i in range(4))
+    depths = tuple(count_children(state, f"backbone.0.body.layers.{i}.blocks.") for i in range(4))
     if video:
         from rvos.models.referformer.video_swin import VARIANTS
     else:
@@ -109,7 +110,7 @@ def _backbone_name(state: dict[str, Tensor], source: Path | None) -> str:
                     f"(known: {', '.join(VARIANTS)})", source)
 
 
-def _dynamic_head(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
+def dynamic_head_shape(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
     """(controller_layers, dynamic_mask_channels, rel_coord) whose parameter count is
     ``num_params``; the official defaults (3, 8, True) first."""
     candidates = [(3, 8, True)] + [(layers, ch, rel) for rel in (True, False)
@@ -134,21 +135,21 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     ffn = state["transformer.encoder.layers.0.linear1.weight"].shape[0]
     points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
     mask_dim = state["pixel_decoder.mask_features.weight"].shape[0]
-    last = _count(state, "controller.layers.") - 1
-    layers, channels, rel = _dynamic_head(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
+    last = count_children(state, "controller.layers.") - 1
+    layers, channels, rel = dynamic_head_shape(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
     words = state["text_encoder.embeddings.word_embeddings.weight"]
     text = ReferFormerTextConfig(
         vocab_size=words.shape[0], hidden_size=words.shape[1],
-        num_layers=_count(state, "text_encoder.encoder.layer."),
+        num_layers=count_children(state, "text_encoder.encoder.layer."),
         num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
         intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_positions=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=state["text_encoder.embeddings.token_type_embeddings.weight"].shape[0])
     return ReferFormerConfig(
-        backbone=_backbone_name(state, source), num_classes=state["class_embed.0.weight"].shape[0],
+        backbone=backbone_name(state, source), num_classes=state["class_embed.0.weight"].shape[0],
         hidden_dim=dim, nheads=heads,
-        enc_layers=_count(state, "transformer.encoder.layers."),
-        dec_layers=_count(state, "transformer.decoder.layers."),
+        enc_layers=count_children(state, "transformer.encoder.layers."),
+        dec_layers=count_children(state, "transformer.decoder.layers."),
         dim_feedforward=ffn, num_queries=state["query_embed.weight"].shape[0],
         num_feature_levels=levels,
         enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
@@ -158,16 +159,22 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
         rel_coord=rel, text=text)
 
 
-def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
-                  source: Path | None = None) -> dict[str, Tensor]:
-    """Official names -> rvos names, checked against the model's own state dict
-    ``expected``: every key mapped, none left over, every shape equal."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if any(p.search(key) for p in DROPPED):
-            continue
-        new = "backbone." + key[len("backbone.0."):] if key.startswith("backbone.0.") else key
-        out[new] = value
+def rename_backbone(key: str) -> str:
+    """``backbone.0.*`` -> ``backbone.*`` (the official Joiner's position-encoding slot
+    ``backbone.1`` has no weights); every other key unchanged."""
+    return "backbone." + key[len("backbone.0."):] if key.startswith("backbone.0.") else key
+
+
+def map_official_state(state: dict[str, Tensor], expected: dict[str, Tensor],
+                       source: Path | None = None, rename: Callable[[str], str] = rename_backbone,
+                       dropped: tuple[re.Pattern, ...] = DROPPED,
+                       model_name: str = "ReferFormer") -> dict[str, Tensor]:
+    """Official names -> rvos names for any family: keys matching ``dropped`` are left out
+    (the decoder's duplicate box heads only after a check that they equal ``bbox_embed.*``),
+    the others renamed by ``rename``; the result is checked against the model's own state dict
+    ``expected``: every key mapped, none left over, every shape equal (an RVOSError lists what
+    is not, naming ``model_name``). Tensors take the model's dtypes."""
+    out = {rename(k): v for k, v in state.items() if not any(p.search(k) for p in dropped)}
     for key, value in state.items():   # the dropped duplicate must really be a duplicate
         if key.startswith("transformer.decoder.bbox_embed."):
             twin = key[len("transformer.decoder."):]
@@ -179,7 +186,7 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
     if unexpected or missing:
         parts = []
         if unexpected:
-            parts.append(f"{len(unexpected)} keys rvos's ReferFormer does not have "
+            parts.append(f"{len(unexpected)} keys rvos's {model_name} does not have "
                          f"(another architecture?): {', '.join(unexpected[:12])}"
                          + (" ..." if len(unexpected) > 12 else ""))
         if missing:
@@ -192,3 +199,10 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
         raise RVOSError(f"{len(wrong)} tensors of the wrong shape: {', '.join(wrong[:8])}"
                         + (" ..." if len(wrong) > 8 else ""), source)
     return {k: v.to(expected[k].dtype) for k, v in out.items()}
+
+
+def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
+                  source: Path | None = None) -> dict[str, Tensor]:
+    """ReferFormer's official names -> rvos names (the mapping of this module's docstring),
+    checked against the model's own state dict ``expected``."""
+    return map_official_state(state, expected, source)

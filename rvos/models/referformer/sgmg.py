@@ -64,7 +64,8 @@ from rvos.models.outputs import RVOSOutput
 from rvos.models.query.layers import MLP
 from rvos.models.referformer.backbone import ResNetBackbone, build_backbone
 from rvos.models.referformer.config import ReferFormerConfig, ReferFormerTextConfig
-from rvos.models.referformer.convert import _backbone_name, _count
+from rvos.models.referformer.convert import (backbone_name, count_children, map_official_state,
+                                             rename_backbone)
 from rvos.models.referformer.layers import FeatureResizer, inverse_sigmoid, sine_position_1d
 from rvos.models.referformer.model import VisionLanguageFusion, _roberta, load_roberta_tokenizer
 from rvos.models.referformer.transformer import DeformableTransformer
@@ -556,7 +557,7 @@ def detect(state: dict[str, Tensor]) -> bool:
     return "input_fft.0.conv1.weight" in state and "mask_refine.conv1_1div8.weight" in state
 
 
-def _dynamic_head(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
+def dynamic_head_shape(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
     """(controller_layers, dynamic_mask_channels, rel_coord) whose generated-parameter count
     is ``num_params``; the official (2, 16, True) first."""
     candidates = [(2, 16, True)] + [(layers, 16, rel) for rel in (True, False)
@@ -578,21 +579,21 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     levels = state["transformer.level_embed"].shape[0]
     heads = 8   # not recoverable from shapes (sampling offsets are heads x points); the official value
     points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
-    last = _count(state, "controller.layers.") - 1
-    layers, channels, rel = _dynamic_head(state[f"controller.layers.{last}.weight"].shape[0], dim)
+    last = count_children(state, "controller.layers.") - 1
+    layers, channels, rel = dynamic_head_shape(state[f"controller.layers.{last}.weight"].shape[0], dim)
     words = state[TEXT + "embeddings.word_embeddings.weight"]
     text = ReferFormerTextConfig(
         vocab_size=words.shape[0], hidden_size=words.shape[1],
-        num_layers=_count(state, TEXT + "encoder.layer."),
+        num_layers=count_children(state, TEXT + "encoder.layer."),
         num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
         intermediate_size=state[TEXT + "encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_positions=state[TEXT + "embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=state[TEXT + "embeddings.token_type_embeddings.weight"].shape[0])
     return ReferFormerConfig(
-        family="sgmg", backbone=_backbone_name(state, source),
+        family="sgmg", backbone=backbone_name(state, source),
         num_classes=state["class_embed.0.weight"].shape[0], hidden_dim=dim, nheads=heads,
-        enc_layers=_count(state, "transformer.encoder.layers."),
-        dec_layers=_count(state, "transformer.decoder.layers."),
+        enc_layers=count_children(state, "transformer.encoder.layers."),
+        dec_layers=count_children(state, "transformer.decoder.layers."),
         dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
         num_queries=state["query_embed.weight"].shape[0], num_feature_levels=levels,
         enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
@@ -603,11 +604,9 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
 
 
 def _rename(key: str) -> str:
-    if key.startswith("backbone.0."):
-        return "backbone." + key[len("backbone.0."):]
     if key.startswith(TEXT):
         return "text_encoder." + key[len(TEXT):]
-    return key
+    return rename_backbone(key)
 
 
 def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
@@ -622,28 +621,5 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
       ``transformers`` versions save) and BatchNorm counters dropped;
     - every other key unchanged.
     """
-    out = {_rename(k): v for k, v in state.items() if not any(p.search(k) for p in DROPPED)}
-    for key, value in state.items():   # the dropped duplicate must really be a duplicate
-        if key.startswith("transformer.decoder.bbox_embed."):
-            twin = key[len("transformer.decoder."):]
-            if twin in state and not torch.equal(state[twin], value):
-                raise RVOSError(f"{key} differs from {twin}: not the official box refinement "
-                                f"layout", source)
-    unexpected = sorted(set(out) - set(expected))
-    missing = sorted(set(expected) - set(out))
-    if unexpected or missing:
-        parts = []
-        if unexpected:
-            parts.append(f"{len(unexpected)} keys rvos's SgMg does not have "
-                         f"(another architecture?): {', '.join(unexpected[:12])}"
-                         + (" ..." if len(unexpected) > 12 else ""))
-        if missing:
-            parts.append(f"{len(missing)} keys missing: {', '.join(missing[:12])}"
-                         + (" ..." if len(missing) > 12 else ""))
-        raise RVOSError("; ".join(parts), source)
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-             for k, v in out.items() if v.shape != expected[k].shape]
-    if wrong:
-        raise RVOSError(f"{len(wrong)} tensors of the wrong shape: {', '.join(wrong[:8])}"
-                        + (" ..." if len(wrong) > 8 else ""), source)
-    return {k: v.to(expected[k].dtype) for k, v in out.items()}
+    return map_official_state(state, expected, source, rename=_rename, dropped=DROPPED,
+                              model_name="SgMg")

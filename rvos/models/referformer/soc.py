@@ -65,7 +65,8 @@ from rvos.models.query.layers import MLP
 from rvos.models.referformer.backbone import build_backbone
 from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
                                             ReferFormerTextConfig)
-from rvos.models.referformer.convert import _backbone_name, _count, _dynamic_head
+from rvos.models.referformer.convert import (backbone_name, count_children, dynamic_head_shape,
+                                             map_official_state)
 from rvos.models.referformer.layers import (Attention, FeatureResizer, feed_forward,
                                             inverse_sigmoid, sine_position_1d)
 from rvos.models.referformer.model import (ReferFormer, ReferFormerPredictions,
@@ -398,7 +399,7 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     missing = [k for k in SIGNATURE_KEYS if k not in state]
     if missing:
         raise RVOSError(f"not an SOC checkpoint: it lacks {', '.join(missing)}", source)
-    backbone = _backbone_name(state, source)
+    backbone = backbone_name(state, source)
     if not backbone.startswith("video_swin"):
         raise RVOSError(f"SOC releases Video Swin backbones only; this checkpoint has "
                         f"{backbone}, which rvos's SOC does not support", source)
@@ -407,26 +408,26 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     heads = 8   # not recoverable from shapes (sampling offsets are heads x points); the official value
     points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
     mask_dim = state["spatial_decoder.out_lay.weight"].shape[0]
-    last = _count(state, "controller.layers.") - 1
-    layers, channels, rel = _dynamic_head(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
+    last = count_children(state, "controller.layers.") - 1
+    layers, channels, rel = dynamic_head_shape(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
     words = state["text_encoder.embeddings.word_embeddings.weight"]
     text = ReferFormerTextConfig(
         vocab_size=words.shape[0], hidden_size=words.shape[1],
-        num_layers=_count(state, "text_encoder.encoder.layer."),
+        num_layers=count_children(state, "text_encoder.encoder.layer."),
         num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
         intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_positions=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=state["text_encoder.embeddings.token_type_embeddings.weight"].shape[0])
     voc_ffn = state.get("voc.transformer_ffn_layers.0.linear1.weight")
     soc = SOCConfig(voc_queries=state["voc.query_embed.weight"].shape[0],
-                    voc_enc_layers=_count(state, "voc.enc_self_attn."),
-                    voc_dec_layers=_count(state, "voc.transformer_ffn_layers."),
+                    voc_enc_layers=count_children(state, "voc.enc_self_attn."),
+                    voc_dec_layers=count_children(state, "voc.transformer_ffn_layers."),
                     voc_ffn=voc_ffn.shape[0] if voc_ffn is not None else 2048)
     return ReferFormerConfig(
         family="soc", backbone=backbone, num_classes=state["class_embed.0.weight"].shape[0],
         hidden_dim=dim, nheads=heads,
-        enc_layers=_count(state, "transformer.encoder.layers."),
-        dec_layers=_count(state, "transformer.decoder.layers."),
+        enc_layers=count_children(state, "transformer.encoder.layers."),
+        dec_layers=count_children(state, "transformer.decoder.layers."),
         dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
         num_queries=state["query_embed.weight"].shape[0], num_feature_levels=levels,
         enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
@@ -442,33 +443,4 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
     """Official names -> rvos names, checked against the model's own state dict
     ``expected``: every key mapped (``backbone.0.`` -> ``backbone.``, the rest unchanged) or
     dropped by a rule of :data:`DROPPED`, none left over, every shape equal."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if any(p.search(key) for p in DROPPED):
-            continue
-        new = "backbone." + key[len("backbone.0."):] if key.startswith("backbone.0.") else key
-        out[new] = value
-    for key, value in state.items():   # the dropped duplicate must really be a duplicate
-        if key.startswith("transformer.decoder.bbox_embed."):
-            twin = key[len("transformer.decoder."):]
-            if twin in state and not torch.equal(state[twin], value):
-                raise RVOSError(f"{key} differs from {twin}: not the official box refinement "
-                                f"layout", source)
-    unexpected = sorted(set(out) - set(expected))
-    missing = sorted(set(expected) - set(out))
-    if unexpected or missing:
-        parts = []
-        if unexpected:
-            parts.append(f"{len(unexpected)} keys rvos's SOC does not have "
-                         f"(another architecture?): {', '.join(unexpected[:12])}"
-                         + (" ..." if len(unexpected) > 12 else ""))
-        if missing:
-            parts.append(f"{len(missing)} keys missing: {', '.join(missing[:12])}"
-                         + (" ..." if len(missing) > 12 else ""))
-        raise RVOSError("; ".join(parts), source)
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-             for k, v in out.items() if v.shape != expected[k].shape]
-    if wrong:
-        raise RVOSError(f"{len(wrong)} tensors of the wrong shape: {', '.join(wrong[:8])}"
-                        + (" ..." if len(wrong) > 8 else ""), source)
-    return {k: v.to(expected[k].dtype) for k, v in out.items()}
+    return map_official_state(state, expected, source, dropped=DROPPED, model_name="SOC")

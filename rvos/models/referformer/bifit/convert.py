@@ -48,7 +48,7 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     as_referformer = {("transformer.decoder.layers." + k[len(DECODER):] if k.startswith(DECODER) else k): v
                       for k, v in state.items()}
     cfg = base.config_from_state(as_referformer, source)
-    layers = base._count(state, QUERY_ENCODER)
+    layers = base.count_children(state, QUERY_ENCODER)
     if layers:
         ffn = state.get(QUERY_ENCODER + "0.linear1.weight")
         if ffn is None or ffn.shape[0] != cfg.dim_feedforward:
@@ -63,11 +63,4 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor],
                   source: Path | None = None) -> dict[str, Tensor]:
     """Official names -> rvos names (ReferFormer's mapping), checked against the model's own
     state dict ``expected``: every key mapped, none left over, every shape equal."""
-    try:
-        return base.convert_state(state, expected, source)
-    except RVOSError as e:
-        message = str(e)
-        if e.path is not None and message.startswith(f"{e.path}: "):
-            message = message[len(f"{e.path}: "):]
-        raise RVOSError(message.replace("rvos's ReferFormer does not have", "rvos's BIFIT does not have"),
-                        source) from None
+    return base.map_official_state(state, expected, source, model_name="BIFIT")
