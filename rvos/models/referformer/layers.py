@@ -96,6 +96,15 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
+    """Deformable DETR's box refinement: a head's ``delta`` (..., 4) applied to ``reference``
+    in inverse-sigmoid space. A (..., 4) reference is refined whole; a (..., 2) one (points,
+    before any refinement) gives the centre, and the size comes from ``delta`` alone."""
+    if reference.shape[-1] == 4:
+        return (delta + inverse_sigmoid(reference)).sigmoid()
+    return torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
+
+
 def _frequencies(num_feats: int, device: torch.device, temperature: float = 10000.0) -> Tensor:
     i = torch.arange(num_feats, dtype=torch.float32, device=device)
     return temperature ** (2 * (i // 2) / num_feats)

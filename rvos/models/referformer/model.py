@@ -30,7 +30,7 @@ from rvos.models.outputs import RVOSOutput
 from rvos.models.referformer.backbone import ResNetBackbone, build_backbone
 from rvos.models.referformer.config import ReferFormerConfig
 from rvos.models.query.layers import MLP
-from rvos.models.referformer.layers import (Attention, FeatureResizer, inverse_sigmoid,
+from rvos.models.referformer.layers import (Attention, FeatureResizer, refine_boxes,
                                             sine_position_1d, sine_position_2d)
 from rvos.models.referformer.pixel_decoder import CrossModalFPN, dynamic_mask_logits
 from rvos.models.referformer.transformer import DeformableTransformer
@@ -82,7 +82,50 @@ def _roberta(cfg: ReferFormerConfig) -> nn.Module:
         return RobertaModel(config)
 
 
-class ReferFormer(nn.Module):
+class ReleasedModel(nn.Module):
+    """What every released family's inference model shares: RoBERTa's tokenizer, the frame
+    chunks of the per-frame parts, and the backbone's inference layout. Subclasses set
+    ``cfg`` (a :class:`ReferFormerConfig`), ``backbone``, ``_tokenizer = None`` and
+    ``_prepared = False``."""
+
+    def load_tokenizer(self) -> None:
+        """Load RoBERTa's tokenizer now (an RVOSError naming what to supply if it is absent)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_roberta_tokenizer(self.cfg.text.tokenizer)
+
+    def tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Sentences -> (input_ids (K, L), attention_mask (K, L)) as the official code
+        tokenizes them (padding to the longest, no truncation)."""
+        self.load_tokenizer()
+        tokens = self._tokenizer(texts, padding="longest", return_tensors="pt")
+        return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+
+    def _chunks(self, t: int) -> list[slice]:
+        size = self.cfg.inference.frame_chunk or t
+        return [slice(s, min(s + size, t)) for s in range(0, t, size)]
+
+    def _channels_last(self) -> bool:
+        """NHWC convolutions: the ResNet backbones (Swin's patch embeddings are not 2-D convs)."""
+        return self.cfg.inference.channels_last and isinstance(self.backbone, ResNetBackbone)
+
+    def _frames_in(self, frames: Tensor) -> Tensor:
+        if self._channels_last():
+            return frames.contiguous(memory_format=torch.channels_last)
+        return frames
+
+    def prepare_for_inference(self) -> "ReleasedModel":
+        """Apply the inference config's layout changes (after the weights are loaded: the
+        folded backbone no longer takes the checkpoint's state dict). Applied once."""
+        if not self._prepared:
+            if self.cfg.inference.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
+                self.backbone.fold_frozen_batchnorm()
+            if self._channels_last():
+                self.backbone.to(memory_format=torch.channels_last)
+            self._prepared = True
+        return self.eval()
+
+
+class ReferFormer(ReleasedModel):
     """ReferFormer (Wu et al., CVPR 2022) for inference. Parameter names are the official
     ones except ``backbone.0.`` -> ``backbone.`` and the decoder's duplicate box heads
     (``rvos.models.referformer.convert``)."""
@@ -91,6 +134,18 @@ class ReferFormer(nn.Module):
         super().__init__()
         if cfg.num_feature_levels != 4:
             raise ValueError("ReferFormer's cross-modal FPN needs num_feature_levels 4")
+        channels = self._build_detector(cfg)
+        dim = cfg.hidden_dim
+        self.resizer = FeatureResizer(cfg.text.hidden_size, dim)
+        self.fusion_module = VisionLanguageFusion(dim, cfg.nheads)
+        self.pixel_decoder = CrossModalFPN([channels[0], dim, dim, dim], dim, cfg.mask_dim,
+                                           cfg.dim_feedforward, heads=8)
+        self._build_controller(cfg)
+
+    def _build_detector(self, cfg: ReferFormerConfig) -> list[int]:
+        """The parts every family built on ReferFormer keeps under the official names: the
+        backbone, the four level projections, the deformable transformer, the queries, the
+        per-layer class and box heads, RoBERTa. Returns the backbone's channels."""
         if cfg.controller_layers < 2:
             raise ValueError("controller_layers must be at least 2")
         self.cfg = cfg
@@ -108,32 +163,21 @@ class ReferFormer(nn.Module):
         self.class_embed = nn.ModuleList(nn.Linear(dim, cfg.num_classes) for _ in range(cfg.dec_layers))
         self.bbox_embed = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(cfg.dec_layers))
         self.text_encoder = _roberta(cfg)
-        self.resizer = FeatureResizer(cfg.text.hidden_size, dim)
-        self.fusion_module = VisionLanguageFusion(dim, cfg.nheads)
-        self.pixel_decoder = CrossModalFPN([channels[0], dim, dim, dim], dim, cfg.mask_dim,
-                                           cfg.dim_feedforward, heads=8)
+        return channels
+
+    def _build_controller(self, cfg: ReferFormerConfig) -> None:
+        """The controller that generates the dynamic mask head's weights (the official
+        layout: the last layer gives one channel), and the inference state."""
         cin = cfg.mask_dim + 2 if cfg.rel_coord else cfg.mask_dim
         ch = cfg.dynamic_mask_channels
         num_params = (ch * cin + ch * ch * (cfg.controller_layers - 2) + ch
                       + ch * (cfg.controller_layers - 1) + 1)
-        self.controller = MLP(dim, dim, num_params, 3)
+        self.controller = MLP(cfg.hidden_dim, cfg.hidden_dim, num_params, 3)
         self._tokenizer = None
         self._prepared = False
         self._positions: dict[tuple[int, int], Tensor] = {}
 
     # ---- text
-    def load_tokenizer(self) -> None:
-        """Load RoBERTa's tokenizer now (an RVOSError naming what to supply if it is absent)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_roberta_tokenizer(self.cfg.text.tokenizer)
-
-    def tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-        """Sentences -> (input_ids (K, L), attention_mask (K, L)) as the official code
-        tokenizes them (padding to the longest, no truncation)."""
-        self.load_tokenizer()
-        tokens = self._tokenizer(texts, padding="longest", return_tensors="pt")
-        return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> words (K, L, C), their sine encoding (K, L, C), padding (K, L) bool, and the
@@ -151,19 +195,6 @@ class ReferFormer(nn.Module):
         return self._positions[key]
 
     # ---- vision, per chunk of frames
-    def _chunks(self, t: int) -> list[slice]:
-        size = self.cfg.inference.frame_chunk or t
-        return [slice(s, min(s + size, t)) for s in range(0, t, size)]
-
-    def _channels_last(self) -> bool:
-        """NHWC convolutions: the ResNet backbones (Swin's patch embeddings are not 2-D convs)."""
-        return self.cfg.inference.channels_last and isinstance(self.backbone, ResNetBackbone)
-
-    def _frames_in(self, frames: Tensor) -> Tensor:
-        if self._channels_last():
-            return frames.contiguous(memory_format=torch.channels_last)
-        return frames
-
     @torch.no_grad()
     def predict(self, frames: Tensor, input_ids: Tensor, attention_mask: Tensor,
                 video_of_text: Tensor | None = None) -> ReferFormerPredictions:
@@ -277,10 +308,7 @@ class ReferFormer(nn.Module):
         ``centres`` (normalised reference points of the masks, (k*n, Q, 2))."""
         last = self.cfg.dec_layers - 1
         delta = self.bbox_embed[last](hs)
-        if reference_in.shape[-1] == 4:
-            boxes = (delta + inverse_sigmoid(reference_in)).sigmoid()
-        else:
-            boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference_in), delta[..., 2:]), -1).sigmoid()
+        boxes = refine_boxes(delta, reference_in)
         return {
             "logits": self.class_embed[last](hs).view(k, n, *hs.shape[1:2], -1),
             "boxes": boxes.view(k, n, *boxes.shape[1:]),
@@ -347,17 +375,6 @@ class ReferFormer(nn.Module):
             clip = pred.logits.sigmoid().mean(1).max(-1).values                 # (K, Q)
             scores = torch.logit(clip, eps=1e-6)[:, None].expand(-1, pred.logits.shape[1], -1)
         return RVOSOutput(mask_logits=pred.masks, scores=scores, boxes=pred.boxes)
-
-    def prepare_for_inference(self) -> "ReferFormer":
-        """Apply the inference config's layout changes (after the weights are loaded: the
-        folded backbone no longer takes the checkpoint's state dict). Applied once."""
-        if not self._prepared:
-            if self.cfg.inference.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
-                self.backbone.fold_frozen_batchnorm()
-            if self._channels_last():
-                self.backbone.to(memory_format=torch.channels_last)
-            self._prepared = True
-        return self.eval()
 
 
 def load_roberta_tokenizer(folder: str):

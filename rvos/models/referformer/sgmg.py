@@ -62,12 +62,12 @@ from torch import Tensor, nn
 from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.layers import MLP
-from rvos.models.referformer.backbone import ResNetBackbone, build_backbone
+from rvos.models.referformer.backbone import build_backbone
 from rvos.models.referformer.config import ReferFormerConfig, ReferFormerTextConfig
 from rvos.models.referformer.convert import (backbone_name, count_children, map_official_state,
                                              rename_backbone)
-from rvos.models.referformer.layers import FeatureResizer, inverse_sigmoid, sine_position_1d
-from rvos.models.referformer.model import VisionLanguageFusion, _roberta, load_roberta_tokenizer
+from rvos.models.referformer.layers import FeatureResizer, refine_boxes, sine_position_1d
+from rvos.models.referformer.model import ReleasedModel, VisionLanguageFusion, _roberta
 from rvos.models.referformer.transformer import DeformableTransformer
 
 SOURCE = "official SgMg checkpoint (bo-miao/SgMg)"
@@ -266,10 +266,7 @@ class PaddedDeformableTransformer(DeformableTransformer):
             tgt = layer(tgt, query_pos, ref[:, :, None] * scale[None, None], memory, shapes, padding)
             if bbox_embed is not None:
                 delta = bbox_embed[i](tgt)
-                if ref.shape[-1] == 4:
-                    ref = (delta + inverse_sigmoid(ref)).sigmoid()
-                else:
-                    ref = torch.cat((delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]), -1).sigmoid()
+                ref = refine_boxes(delta, ref)
             references.append(ref)
 
         maps, start = [], 0
@@ -296,7 +293,7 @@ class SgMgPredictions:
 
 
 # ============================================================================ the model
-class SgMg(nn.Module):
+class SgMg(ReleasedModel):
     """SgMg for inference. Parameter names are the official ones except ``backbone.0.`` ->
     ``backbone.``, ``text_encoder.text_backbone.`` -> ``text_encoder.`` and the decoder's
     duplicate box heads (dropped), see :func:`convert_state`."""
@@ -340,17 +337,6 @@ class SgMg(nn.Module):
         self._layouts: dict[tuple, tuple[list[LevelLayout], list[tuple[Tensor, Tensor]]]] = {}
 
     # ---- text
-    def load_tokenizer(self) -> None:
-        """Load RoBERTa's tokenizer now (an RVOSError naming what to supply if it is absent)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_roberta_tokenizer(self.cfg.text.tokenizer)
-
-    def tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-        """Sentences -> (input_ids (K, L), attention_mask (K, L)), padded to the longest."""
-        self.load_tokenizer()
-        tokens = self._tokenizer(texts, padding="longest", return_tensors="pt")
-        return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> words (K, L, C), their sine encoding (K, L, C), padding (K, L) bool, sentence (K, C)."""
@@ -379,19 +365,6 @@ class SgMg(nn.Module):
                 gaussians.append((pre, post))
             self._layouts = {key: (layout, gaussians)}
         return self._layouts[key]
-
-    # ---- vision
-    def _chunks(self, t: int) -> list[slice]:
-        size = self.cfg.inference.frame_chunk or t
-        return [slice(s, min(s + size, t)) for s in range(0, t, size)]
-
-    def _channels_last(self) -> bool:
-        return self.cfg.inference.channels_last and isinstance(self.backbone, ResNetBackbone)
-
-    def _frames_in(self, frames: Tensor) -> Tensor:
-        if self._channels_last():
-            return frames.contiguous(memory_format=torch.channels_last)
-        return frames
 
     @torch.no_grad()
     def predict(self, frames: Tensor, input_ids: Tensor, attention_mask: Tensor,
@@ -486,10 +459,7 @@ class SgMg(nn.Module):
         last = cfg.dec_layers - 1
         reference = references[last - 1] if last > 0 else reference0
         delta = self.bbox_embed[last](hs)
-        if reference.shape[-1] == 4:
-            boxes = (delta + inverse_sigmoid(reference)).sigmoid()
-        else:
-            boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]), -1).sigmoid()
+        boxes = refine_boxes(delta, reference)
 
         size0 = memory[0].shape[-2:]
         features = memory[0]
@@ -525,17 +495,6 @@ class SgMg(nn.Module):
             scores = torch.logit(clip, eps=1e-6)[:, None].expand(-1, logits.shape[1])
         return RVOSOutput(mask_logits=pred.masks[:, :, None], scores=scores[..., None],
                           boxes=pred.boxes[rows, :, pred.query][:, :, None])
-
-    def prepare_for_inference(self) -> "SgMg":
-        """Fold the ResNet's frozen BatchNorms and go channels-last (after loading the
-        weights: the folded backbone no longer takes the checkpoint's state dict). Once."""
-        if not self._prepared:
-            if self.cfg.inference.fold_frozen_bn and hasattr(self.backbone, "fold_frozen_batchnorm"):
-                self.backbone.fold_frozen_batchnorm()
-            if self._channels_last():
-                self.backbone.to(memory_format=torch.channels_last)
-            self._prepared = True
-        return self.eval()
 
 
 MODEL = SgMg

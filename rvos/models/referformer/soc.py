@@ -61,19 +61,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.errors import RVOSError
-from rvos.models.query.layers import MLP
-from rvos.models.referformer.backbone import build_backbone
 from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
                                             ReferFormerTextConfig)
 from rvos.models.referformer.convert import (backbone_name, count_children, dynamic_head_shape,
                                              map_official_state)
 from rvos.models.referformer.layers import (Attention, FeatureResizer, feed_forward,
-                                            inverse_sigmoid, sine_position_1d)
+                                            refine_boxes, sine_position_1d)
 from rvos.models.referformer.model import (ReferFormer, ReferFormerPredictions,
-                                           VisionLanguageFusion, _roberta)
+                                           VisionLanguageFusion)
 from rvos.models.referformer.pixel_decoder import dynamic_mask_logits
 from rvos.models.referformer.soc_config import SOCConfig
-from rvos.models.referformer.transformer import DeformableTransformer
 
 __all__ = ["MODEL", "SOURCE", "SOC", "SOCConfig", "SpatialDecoder", "VideoObjectClusters",
            "config_from_state", "convert_state", "detect"]
@@ -220,40 +217,18 @@ class SOC(ReferFormer):
         nn.Module.__init__(self)
         if cfg.num_feature_levels != 4:
             raise ValueError("SOC's spatial decoder needs num_feature_levels 4")
-        if cfg.controller_layers < 2:
-            raise ValueError("controller_layers must be at least 2")
         soc = cfg.soc
         if soc.voc_queries != cfg.num_queries:
             raise ValueError(f"SOC adds video query q to frame query q: voc_queries "
                              f"({soc.voc_queries}) must equal num_queries ({cfg.num_queries})")
-        self.cfg = cfg
+        channels = self._build_detector(cfg)
         dim = cfg.hidden_dim
-        self.backbone = build_backbone(cfg.backbone, cfg.dilation)
-        channels = self.backbone.num_channels
-        self.input_proj = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in channels[-3:]]
-            + [nn.Sequential(nn.Conv2d(channels[-1], dim, 3, stride=2, padding=1),
-                             nn.GroupNorm(32, dim))])
-        self.transformer = DeformableTransformer(dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers,
-                                                 cfg.dim_feedforward, cfg.num_feature_levels,
-                                                 cfg.enc_n_points, cfg.dec_n_points)
-        self.query_embed = nn.Embedding(cfg.num_queries, dim)
-        self.class_embed = nn.ModuleList(nn.Linear(dim, cfg.num_classes) for _ in range(cfg.dec_layers))
-        self.bbox_embed = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(cfg.dec_layers))
-        self.text_encoder = _roberta(cfg)
         self.txt_proj = FeatureResizer(cfg.text.hidden_size, dim)
         self.vlf = VisionLanguageFusion(dim, cfg.nheads)
         self.spatial_decoder = SpatialDecoder(dim, channels[0], cfg.mask_dim)
         self.voc = VideoObjectClusters(dim, cfg.num_queries, soc.voc_queries, soc.voc_heads,
                                        soc.voc_ffn, soc.voc_enc_layers, soc.voc_dec_layers)
-        cin = cfg.mask_dim + 2 if cfg.rel_coord else cfg.mask_dim
-        ch = cfg.dynamic_mask_channels
-        num_params = (ch * cin + ch * ch * (cfg.controller_layers - 2) + ch
-                      + ch * (cfg.controller_layers - 1) + 1)
-        self.controller = MLP(dim, dim, num_params, 3)
-        self._tokenizer = None
-        self._prepared = False
-        self._positions: dict[tuple[int, int], Tensor] = {}
+        self._build_controller(cfg)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -288,11 +263,7 @@ class SOC(ReferFormer):
             logits = self.class_embed[OUTPUT_LAYER](hs)
             delta = self.bbox_embed[OUTPUT_LAYER](hs)
             reference = torch.cat([s["reference"] for s in stage], 1)
-            if reference.shape[-1] == 4:
-                boxes = (delta + inverse_sigmoid(reference)).sigmoid()
-            else:
-                boxes = torch.cat((delta[..., :2] + inverse_sigmoid(reference),
-                                   delta[..., 2:]), -1).sigmoid()
+            boxes = refine_boxes(delta, reference)
             masks = []
             scale = torch.tensor([width, height], dtype=torch.float32, device=frames.device)
             for chunk, s in zip(chunks, stage):
@@ -331,11 +302,7 @@ class SOC(ReferFormer):
                         memory, shapes)
             if cfg.with_box_refine:
                 delta = self.bbox_embed[i](tgt)
-                if reference.shape[-1] == 4:
-                    reference = (delta + inverse_sigmoid(reference)).sigmoid()
-                else:
-                    reference = torch.cat((delta[..., :2] + inverse_sigmoid(reference),
-                                           delta[..., 2:]), -1).sigmoid()
+                reference = refine_boxes(delta, reference)
             if i == OUTPUT_LAYER:
                 out.update(hs=tgt, reference=before, centres=reference[..., :2].float())
         out["hs_last"] = tgt

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from rvos.models.deform_attn import MSDeformAttn, SpatialShapes
 from rvos.models.query.transformer import DeformableEncoder
-from rvos.models.referformer.layers import Attention, feed_forward, inverse_sigmoid
+from rvos.models.referformer.layers import Attention, feed_forward, refine_boxes
 
 
 class EncoderLayer(nn.Module):
@@ -103,11 +103,7 @@ class Decoder(nn.Module):
                         memory, spatial_shapes)
             if bbox_embed is not None:
                 delta = bbox_embed[i](tgt)
-                if reference.shape[-1] == 4:
-                    reference = (delta + inverse_sigmoid(reference)).sigmoid()
-                else:
-                    reference = torch.cat((delta[..., :2] + inverse_sigmoid(reference),
-                                           delta[..., 2:]), -1).sigmoid()
+                reference = refine_boxes(delta, reference)
             references.append(reference)
         return tgt, references
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from rvos.models.deform_attn import SpatialShapes
 from rvos.models.referformer.config import ReferFormerConfig
-from rvos.models.referformer.layers import Attention, feed_forward, inverse_sigmoid, sine_position_1d
+from rvos.models.referformer.layers import Attention, feed_forward, refine_boxes, sine_position_1d
 from rvos.models.referformer.model import ReferFormer
 from rvos.models.referformer.transformer import DecoderLayer
 
@@ -162,11 +162,7 @@ class InterFrameDecoder(nn.Module):
             tgt = mixed.view(k, t, q, c)
             if bbox_embed is not None:
                 delta = bbox_embed[i](tgt)
-                if reference.shape[-1] == 4:
-                    reference = (delta + inverse_sigmoid(reference)).sigmoid()
-                else:
-                    reference = torch.cat((delta[..., :2] + inverse_sigmoid(reference),
-                                           delta[..., 2:]), -1).sigmoid()
+                reference = refine_boxes(delta, reference)
             references.append(reference)
         return tgt, references
 
