@@ -123,40 +123,53 @@ def dynamic_head_shape(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
                     f"(layers, channels, relative coordinates) setting")
 
 
+def text_config_from_state(state: dict[str, Tensor], prefix: str = "text_encoder."
+                           ) -> ReferFormerTextConfig:
+    """RoBERTa's size from its tensors under ``prefix`` (head count: 64 channels a head, as in
+    every RoBERTa; it is not in the shapes)."""
+    words = state[prefix + "embeddings.word_embeddings.weight"]
+    return ReferFormerTextConfig(
+        vocab_size=words.shape[0], hidden_size=words.shape[1],
+        num_layers=count_children(state, prefix + "encoder.layer."),
+        num_heads=max(1, words.shape[1] // 64),
+        intermediate_size=state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_positions=state[prefix + "embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=state[prefix + "embeddings.token_type_embeddings.weight"].shape[0])
+
+
+def detector_fields(state: dict[str, Tensor]) -> dict:
+    """The :class:`ReferFormerConfig` fields of the parts every family keeps under the
+    official names (queries, class heads, the deformable transformer), read from the tensors.
+    The attention head count is not in the shapes (sampling offsets are heads x points): the
+    official 8."""
+    heads = 8
+    levels = state["transformer.level_embed"].shape[0]
+    points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
+    return dict(
+        num_classes=state["class_embed.0.weight"].shape[0],
+        hidden_dim=state["query_embed.weight"].shape[1], nheads=heads,
+        enc_layers=count_children(state, "transformer.encoder.layers."),
+        dec_layers=count_children(state, "transformer.decoder.layers."),
+        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        num_queries=state["query_embed.weight"].shape[0], num_feature_levels=levels,
+        enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
+        dec_n_points=points("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
+        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state)
+
+
 def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> ReferFormerConfig:
     """The architecture of an official state dict, read from its names and shapes."""
     missing = [k for k in SIGNATURE_KEYS if k not in state]
     if missing:
         raise RVOSError(f"not a ReferFormer-layout checkpoint: it lacks {', '.join(missing)}",
                         source)
-    dim = state["query_embed.weight"].shape[1]
-    levels = state["transformer.level_embed"].shape[0]
-    heads = 8   # not recoverable from shapes (sampling offsets are heads x points); the official value
-    ffn = state["transformer.encoder.layers.0.linear1.weight"].shape[0]
-    points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
     mask_dim = state["pixel_decoder.mask_features.weight"].shape[0]
     last = count_children(state, "controller.layers.") - 1
     layers, channels, rel = dynamic_head_shape(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
-    words = state["text_encoder.embeddings.word_embeddings.weight"]
-    text = ReferFormerTextConfig(
-        vocab_size=words.shape[0], hidden_size=words.shape[1],
-        num_layers=count_children(state, "text_encoder.encoder.layer."),
-        num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
-        intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_positions=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state["text_encoder.embeddings.token_type_embeddings.weight"].shape[0])
     return ReferFormerConfig(
-        backbone=backbone_name(state, source), num_classes=state["class_embed.0.weight"].shape[0],
-        hidden_dim=dim, nheads=heads,
-        enc_layers=count_children(state, "transformer.encoder.layers."),
-        dec_layers=count_children(state, "transformer.decoder.layers."),
-        dim_feedforward=ffn, num_queries=state["query_embed.weight"].shape[0],
-        num_feature_levels=levels,
-        enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
-        dec_n_points=points("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
-        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+        backbone=backbone_name(state, source), **detector_fields(state),
         mask_dim=mask_dim, controller_layers=layers, dynamic_mask_channels=channels,
-        rel_coord=rel, text=text)
+        rel_coord=rel, text=text_config_from_state(state))
 
 
 def rename_backbone(key: str) -> str:

@@ -63,9 +63,10 @@ from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
 from rvos.models.query.layers import MLP
 from rvos.models.referformer.backbone import build_backbone
-from rvos.models.referformer.config import ReferFormerConfig, ReferFormerTextConfig
-from rvos.models.referformer.convert import (backbone_name, count_children, map_official_state,
-                                             rename_backbone)
+from rvos.models.referformer.config import ReferFormerConfig
+from rvos.models.referformer.convert import (backbone_name, count_children, detector_fields,
+                                             map_official_state, rename_backbone,
+                                             text_config_from_state)
 from rvos.models.referformer.layers import FeatureResizer, refine_boxes, sine_position_1d
 from rvos.models.referformer.model import ReleasedModel, VisionLanguageFusion, _roberta
 from rvos.models.referformer.transformer import DeformableTransformer
@@ -516,7 +517,7 @@ def detect(state: dict[str, Tensor]) -> bool:
     return "input_fft.0.conv1.weight" in state and "mask_refine.conv1_1div8.weight" in state
 
 
-def dynamic_head_shape(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
+def sgmg_dynamic_head(num_params: int, mask_dim: int) -> tuple[int, int, bool]:
     """(controller_layers, dynamic_mask_channels, rel_coord) whose generated-parameter count
     is ``num_params``; the official (2, 16, True) first."""
     candidates = [(2, 16, True)] + [(layers, 16, rel) for rel in (True, False)
@@ -534,32 +535,14 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     missing = [k for k in SIGNATURE_KEYS if k not in state]
     if missing:
         raise RVOSError(f"not an SgMg checkpoint: it lacks {', '.join(missing)}", source)
-    dim = state["query_embed.weight"].shape[1]
-    levels = state["transformer.level_embed"].shape[0]
-    heads = 8   # not recoverable from shapes (sampling offsets are heads x points); the official value
-    points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
+    fields = detector_fields(state)
     last = count_children(state, "controller.layers.") - 1
-    layers, channels, rel = dynamic_head_shape(state[f"controller.layers.{last}.weight"].shape[0], dim)
-    words = state[TEXT + "embeddings.word_embeddings.weight"]
-    text = ReferFormerTextConfig(
-        vocab_size=words.shape[0], hidden_size=words.shape[1],
-        num_layers=count_children(state, TEXT + "encoder.layer."),
-        num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
-        intermediate_size=state[TEXT + "encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_positions=state[TEXT + "embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state[TEXT + "embeddings.token_type_embeddings.weight"].shape[0])
+    layers, channels, rel = sgmg_dynamic_head(state[f"controller.layers.{last}.weight"].shape[0],
+                                               fields["hidden_dim"])
     return ReferFormerConfig(
-        family="sgmg", backbone=backbone_name(state, source),
-        num_classes=state["class_embed.0.weight"].shape[0], hidden_dim=dim, nheads=heads,
-        enc_layers=count_children(state, "transformer.encoder.layers."),
-        dec_layers=count_children(state, "transformer.decoder.layers."),
-        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        num_queries=state["query_embed.weight"].shape[0], num_feature_levels=levels,
-        enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
-        dec_n_points=points("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
-        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
-        mask_dim=dim, controller_layers=layers, dynamic_mask_channels=channels, rel_coord=rel,
-        text=text)
+        family="sgmg", backbone=backbone_name(state, source), **fields,
+        mask_dim=fields["hidden_dim"], controller_layers=layers, dynamic_mask_channels=channels,
+        rel_coord=rel, text=text_config_from_state(state, TEXT))
 
 
 def _rename(key: str) -> str:

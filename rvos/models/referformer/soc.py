@@ -61,10 +61,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos.errors import RVOSError
-from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
-                                            ReferFormerTextConfig)
-from rvos.models.referformer.convert import (backbone_name, count_children, dynamic_head_shape,
-                                             map_official_state)
+from rvos.models.referformer.config import ReferFormerConfig, ReferFormerInferenceConfig
+from rvos.models.referformer.convert import (backbone_name, count_children, detector_fields,
+                                             dynamic_head_shape, map_official_state,
+                                             text_config_from_state)
 from rvos.models.referformer.layers import (Attention, FeatureResizer, feed_forward,
                                             refine_boxes, sine_position_1d)
 from rvos.models.referformer.model import (ReferFormer, ReferFormerPredictions,
@@ -370,38 +370,18 @@ def config_from_state(state: dict[str, Tensor], source: Path | None = None) -> R
     if not backbone.startswith("video_swin"):
         raise RVOSError(f"SOC releases Video Swin backbones only; this checkpoint has "
                         f"{backbone}, which rvos's SOC does not support", source)
-    dim = state["query_embed.weight"].shape[1]
-    levels = state["transformer.level_embed"].shape[0]
-    heads = 8   # not recoverable from shapes (sampling offsets are heads x points); the official value
-    points = lambda key: state[key].shape[0] // (heads * levels)  # noqa: E731
     mask_dim = state["spatial_decoder.out_lay.weight"].shape[0]
     last = count_children(state, "controller.layers.") - 1
     layers, channels, rel = dynamic_head_shape(state[f"controller.layers.{last}.weight"].shape[0], mask_dim)
-    words = state["text_encoder.embeddings.word_embeddings.weight"]
-    text = ReferFormerTextConfig(
-        vocab_size=words.shape[0], hidden_size=words.shape[1],
-        num_layers=count_children(state, "text_encoder.encoder.layer."),
-        num_heads=max(1, words.shape[1] // 64),   # not in the shapes: 64 channels a head, as in RoBERTa
-        intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_positions=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state["text_encoder.embeddings.token_type_embeddings.weight"].shape[0])
     voc_ffn = state.get("voc.transformer_ffn_layers.0.linear1.weight")
     soc = SOCConfig(voc_queries=state["voc.query_embed.weight"].shape[0],
                     voc_enc_layers=count_children(state, "voc.enc_self_attn."),
                     voc_dec_layers=count_children(state, "voc.transformer_ffn_layers."),
                     voc_ffn=voc_ffn.shape[0] if voc_ffn is not None else 2048)
     return ReferFormerConfig(
-        family="soc", backbone=backbone, num_classes=state["class_embed.0.weight"].shape[0],
-        hidden_dim=dim, nheads=heads,
-        enc_layers=count_children(state, "transformer.encoder.layers."),
-        dec_layers=count_children(state, "transformer.decoder.layers."),
-        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        num_queries=state["query_embed.weight"].shape[0], num_feature_levels=levels,
-        enc_n_points=points("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
-        dec_n_points=points("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
-        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+        family="soc", backbone=backbone, **detector_fields(state),
         mask_dim=mask_dim, controller_layers=layers, dynamic_mask_channels=channels,
-        rel_coord=rel, text=text, soc=soc,
+        rel_coord=rel, text=text_config_from_state(state), soc=soc,
         inference=ReferFormerInferenceConfig(max_size=640))   # RandomResize([360], max_size=640)
 
 
