@@ -82,6 +82,15 @@ def _roberta(cfg: ReferFormerConfig) -> nn.Module:
         return RobertaModel(config)
 
 
+def level_projections(channels: list[int], dim: int) -> nn.ModuleList:
+    """The official ``input_proj``: 1x1 conv + GroupNorm(32) of the backbone's last three
+    maps, and a strided 3x3 conv + GroupNorm of the last one (the extra stride-64 level)."""
+    return nn.ModuleList(
+        [nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in channels[-3:]]
+        + [nn.Sequential(nn.Conv2d(channels[-1], dim, 3, stride=2, padding=1),
+                         nn.GroupNorm(32, dim))])
+
+
 class ReleasedModel(nn.Module):
     """What every released family's inference model shares: RoBERTa's tokenizer, the frame
     chunks of the per-frame parts, and the backbone's inference layout. Subclasses set
@@ -152,10 +161,7 @@ class ReferFormer(ReleasedModel):
         dim = cfg.hidden_dim
         self.backbone = build_backbone(cfg.backbone, cfg.dilation)
         channels = self.backbone.num_channels
-        self.input_proj = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in channels[-3:]]
-            + [nn.Sequential(nn.Conv2d(channels[-1], dim, 3, stride=2, padding=1),
-                             nn.GroupNorm(32, dim))])
+        self.input_proj = level_projections(channels, dim)
         self.transformer = DeformableTransformer(dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers,
                                                  cfg.dim_feedforward, cfg.num_feature_levels,
                                                  cfg.enc_n_points, cfg.dec_n_points)

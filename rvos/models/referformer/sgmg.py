@@ -68,7 +68,8 @@ from rvos.models.referformer.convert import (backbone_name, count_children, dete
                                              map_official_state, rename_backbone,
                                              text_config_from_state)
 from rvos.models.referformer.layers import FeatureResizer, refine_boxes, sine_position_1d
-from rvos.models.referformer.model import ReleasedModel, VisionLanguageFusion, _roberta
+from rvos.models.referformer.model import (ReleasedModel, VisionLanguageFusion, _roberta,
+                                           level_projections)
 from rvos.models.referformer.transformer import DeformableTransformer
 
 SOURCE = "official SgMg checkpoint (bo-miao/SgMg)"
@@ -312,10 +313,7 @@ class SgMg(ReleasedModel):
         dim = cfg.hidden_dim
         self.backbone = build_backbone(cfg.backbone, cfg.dilation)
         channels = self.backbone.num_channels
-        self.input_proj = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in channels[-3:]]
-            + [nn.Sequential(nn.Conv2d(channels[-1], dim, 3, stride=2, padding=1),
-                             nn.GroupNorm(32, dim))])
+        self.input_proj = level_projections(channels, dim)
         self.input_fft = nn.ModuleList(SpectralFilter(dim) for _ in range(4))
         self.input_fft_post = nn.ModuleList(SpectralFilter(dim) for _ in range(4))
         self.transformer = PaddedDeformableTransformer(
