@@ -249,12 +249,26 @@ def time_runs(args: argparse.Namespace, work: Path, frames_all: torch.Tensor, mo
     return runs
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One side's runs, in its own process: results to ``args.result``."""
+def worker_inputs(args: argparse.Namespace) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    """A worker's threads set; its work folder, the frames saved there, the token ids."""
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    frames_all = torch.load(work / "frames.pt")
-    ids = torch.tensor([SENTENCE_IDS])
+    return work, torch.load(work / "frames.pt"), torch.tensor([SENTENCE_IDS])
+
+
+def run_worker(args: argparse.Namespace, worker) -> bool:
+    """When this process is a worker (``--worker`` given): ``worker(args)`` on its one
+    backbone, and True; else False."""
+    if not args.worker:
+        return False
+    args.backbone = args.backbone[0]
+    worker(args)
+    return True
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One side's runs, in its own process: results to ``args.result``."""
+    work, frames_all, ids = worker_inputs(args)
     if args.worker == "official":
         build, parser_factory = import_official(Path(args.official))
         torch.manual_seed(args.seed)
@@ -432,9 +446,7 @@ def main() -> None:
     add_output_options(parser, "referformer_parity.json")
     add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        args.backbone = args.backbone[0]
-        worker(args)
+    if run_worker(args, worker):
         return
     require_checkout(args, "models/referformer.py", "wjn922/ReferFormer")
     report = new_report(args, official_commit(args))

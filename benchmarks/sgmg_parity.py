@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.referformer_parity import (SENTENCE_IDS, FixedTokens, TIMING_HEADER,  # noqa: E402
                                            add_common_options, add_output_options,
-                                           add_worker_options, install_stand_ins, load_rvos,
+                                           add_worker_options, run_worker, worker_inputs, install_stand_ins, load_rvos,
                                            new_report, official_commit, patch_roberta,
                                            perturb_constant_parameters, require_checkout,
                                            run_backbone, spawn as spawn_script, time_runs,
@@ -130,10 +130,7 @@ def record_keys(checkout: Path, backbones: list[str], out: Path) -> None:
 # ----------------------------------------------------------------------------- workers
 def worker(args: argparse.Namespace) -> None:
     """One side's runs, in its own process: results to ``args.result``."""
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    frames_all = torch.load(work / "frames.pt")
-    ids = torch.tensor([SENTENCE_IDS])
+    work, frames_all, ids = worker_inputs(args)
     if args.worker == "official":
         model = build_official(Path(args.official), args.backbone, args.seed, ids)
         torch.save({"model": model.state_dict()}, work / "official.pth")
@@ -182,9 +179,7 @@ def main() -> None:
     parser.add_argument("--record-keys", type=Path, help="write the official names and shapes here and exit")
     add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        args.backbone = args.backbone[0]
-        worker(args)
+    if run_worker(args, worker):
         return
     require_checkout(args, "models/sgmg.py", "bo-miao/SgMg")
     if args.record_keys:

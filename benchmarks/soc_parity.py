@@ -49,8 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # this checkout's rvos first
-from referformer_parity import (SENTENCE_IDS, FixedTokens, TIMING_HEADER,  # noqa: E402
-                                add_common_options, add_output_options, add_worker_options,
+from referformer_parity import (FixedTokens, TIMING_HEADER,  # noqa: E402
+                                add_common_options, add_output_options, add_worker_options, run_worker, worker_inputs,
                                 compare, install_stand_ins, load_rvos, new_report,
                                 official_commit, patch_roberta, perturb_constant_parameters,
                                 require_checkout, run_backbone, spawn as spawn_script, time_runs,
@@ -116,10 +116,7 @@ def record_keys(checkout: Path, backbones: list[str], out: Path) -> None:
 # ----------------------------------------------------------------------------- workers
 def worker(args: argparse.Namespace) -> None:
     """One side's runs, in its own process: results to ``args.result``."""
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    frames_all = torch.load(work / "frames.pt")
-    ids = torch.tensor([SENTENCE_IDS])
+    work, frames_all, ids = worker_inputs(args)
     if args.worker == "official":
         model = build_official(Path(args.official), args.backbone, args.seed, args.controller_scale)
         model.tokenizer = FixedTokens(ids)
@@ -168,9 +165,7 @@ def main() -> None:
                         "names and shapes per backbone to this JSON file and stop")
     add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        args.backbone = args.backbone[0]
-        worker(args)
+    if run_worker(args, worker):
         return
     require_checkout(args, "models/soc.py", "RobertLuo1/NeurIPS2023_SOC")
     if args.record_keys:

@@ -272,11 +272,11 @@ import sys, torch
 sys.argv = [sys.argv[0]]
 sys.path.insert(0, {str(BENCHMARKS.parent)!r})
 from pathlib import Path
-from benchmarks import sgmg_parity as sp
-ids = torch.tensor([sp.SENTENCE_IDS])
+from benchmarks import referformer_parity as rp, sgmg_parity as sp
+ids = torch.tensor([rp.SENTENCE_IDS])
 model = sp.build_official(Path({OFFICIAL!r}), {backbone!r}, 0, ids)
 torch.save({{"model": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
-frames = sp.make_frames(3, (184, 328))
+frames = rp.make_frames(3, (184, 328))
 torch.save(frames, {str(tmp_path / "frames.pt")!r})
 with torch.no_grad():
     out = sp.official_runner(model)(frames)

@@ -251,13 +251,14 @@ def test_live_equivalence_with_the_official_model(tmp_path):
 import sys, torch
 sys.argv = [sys.argv[0]]
 sys.path.insert(0, {str(BENCHMARKS)!r})
+import referformer_parity as rp
 import soc_parity as sp
 from pathlib import Path
 model = sp.build_official(Path({OFFICIAL!r}), "video_swin_t", 0)
-ids = torch.tensor([sp.SENTENCE_IDS])
-model.tokenizer = sp.FixedTokens(ids)
+ids = torch.tensor([rp.SENTENCE_IDS])
+model.tokenizer = rp.FixedTokens(ids)
 torch.save({{"model_state_dict": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
-frames = sp.make_frames(3, (128, 224))
+frames = rp.make_frames(3, (128, 224))
 torch.save(frames, {str(tmp_path / "frames.pt")!r})
 import misc
 with torch.no_grad():
