@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from rvos.cli import main
@@ -183,3 +184,27 @@ def converted_model(folder: Path) -> torch.nn.Module:
     from rvos.inference import Predictor
 
     return Predictor.from_checkpoint(folder, "cpu").model
+
+
+def assert_conversion_refuses(convert_state, state: dict, expected: dict, *, extra: tuple[str, str],
+                              missing: tuple[str, str], wrong: tuple[str, tuple, str],
+                              twin: bool = True) -> None:
+    """``convert_state(bad, expected)`` raises an RVOSError matching the given pattern for
+    each bad variant of ``state``: ``extra`` (key, pattern) one unknown key added;
+    ``missing`` (key, pattern) that key removed; ``wrong`` (key, shape, pattern) that key of
+    the wrong shape; with ``twin``, a decoder box-head twin that differs from its head."""
+    from rvos.errors import RVOSError
+
+    key, pattern = extra
+    with pytest.raises(RVOSError, match=pattern):
+        convert_state(dict(state, **{key: torch.zeros(3)}), expected)
+    key, pattern = missing
+    with pytest.raises(RVOSError, match=pattern):
+        convert_state({k: v for k, v in state.items() if k != key}, expected)
+    key, shape, pattern = wrong
+    with pytest.raises(RVOSError, match=pattern):
+        convert_state(dict(state, **{key: torch.zeros(shape)}), expected)
+    if twin:
+        bad = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
+        with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
+            convert_state(bad, expected)

@@ -26,6 +26,7 @@ from rvos.models.referformer.convert import config_from_state, convert_state, re
 from rvos.models.referformer.model import ReferFormer
 from rvos.models.referformer.pixel_decoder import dynamic_mask_logits
 from referformer_helpers import (SENTENCE_IDS, as_not_binary_without_box_refinement,
+                                 assert_conversion_refuses,
                                  convert_then_predict, converted_model, meta_state,
                                  official_checkout, official_referformer_outputs,
                                  perturb_constants, predict_both, write_official_checkpoint,
@@ -76,18 +77,12 @@ def test_bad_checkpoints_name_the_problem():
     state = official_state("resnet50")
     cfg = config_from_state(state)
     expected = expected_state(cfg)
-    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"1 keys rvos's ReferFormer does not have .*spectrum_fusion"):
-        convert_state(extra, expected)
-    missing = {k: v for k, v in state.items() if k != "pixel_decoder.layer_1.weight"}
-    with pytest.raises(RVOSError, match=r"1 keys missing: pixel_decoder.layer_1.weight"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"pixel_decoder.layer_1.weight": torch.zeros(256, 256, 1, 1)})
-    with pytest.raises(RVOSError, match=r"wrong shape: pixel_decoder.layer_1.weight \(256, 256, 1, 1\)"):
-        convert_state(wrong, expected)
-    twin = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
-    with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
-        convert_state(twin, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected,
+        extra=("spectrum_fusion.filter.weight", r"1 keys rvos's ReferFormer does not have .*spectrum_fusion"),
+        missing=("pixel_decoder.layer_1.weight", r"1 keys missing: pixel_decoder.layer_1.weight"),
+        wrong=("pixel_decoder.layer_1.weight", (256, 256, 1, 1),
+               r"wrong shape: pixel_decoder.layer_1.weight \(256, 256, 1, 1\)"))
     other = {k: v for k, v in state.items() if not k.startswith("query_embed")}
     with pytest.raises(RVOSError, match="not a ReferFormer-layout checkpoint: it lacks query_embed.weight"):
         config_from_state(other)

