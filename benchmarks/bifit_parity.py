@@ -30,14 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import referformer_parity as rp  # noqa: E402  (the shared steps)
@@ -69,79 +65,41 @@ def record_keys(official: Path, backbones: list[str], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, help="checkout of LANMNG/BIFIT")
-    parser.add_argument("--official-commit", default="3c88769",
-                        help="its commit, when the folder is an export without .git")
-    parser.add_argument("--backbone", nargs="+", default=["resnet50"])
-    parser.add_argument("--frames", nargs="+", type=int, default=[5, 36])
-    parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bifit_parity.json")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    rp.add_common_options(parser, "LANMNG/BIFIT", ["resnet50"], commit_default="3c88769",
+                          commit_help="its commit, when the folder is an export without .git")
+    rp.add_output_options(parser, "bifit_parity.json")
     parser.add_argument("--record-keys", type=Path, metavar="JSON",
                         help="write the official state dict's names and shapes and stop")
     args = parser.parse_args()
-    if args.official is None or not (args.official / "models" / "referformer.py").is_file():
-        print(f"skipped: --official must name a checkout of LANMNG/BIFIT (got {args.official})")
-        sys.exit(0)
+    rp.require_checkout(args, "models/referformer.py", "LANMNG/BIFIT")
     if args.record_keys:
         record_keys(args.official, args.backbone, args.record_keys)
         return
-    from rvos.convert import convert_checkpoint
-
-    commit = args.official_commit
-    try:
-        commit = subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip() or commit
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    report = {"official": str(args.official), "official_commit": commit,
-              "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-              "size": args.size, "torch": torch.__version__, "backbones": {}}
+    report = rp.new_report(args, rp.official_commit(args, git_first=True))
     ok = True
+
+    def check_family(work: Path) -> str:
+        from rvos.engine.checkpoint import load_checkpoint
+
+        family = load_checkpoint(work / "converted").config.model.referformer.family
+        if family != "bifit":
+            raise SystemExit(f"the converted checkpoint is of family {family!r}, not bifit")
+        return family
+
+    def make_row(work, o, r):
+        diff, agreement = rp.compare(work, o, r)
+        return rp.timing_row(o, r, diff, agreement, {"rvos_mode": r["mode"]})
     for backbone in args.backbone:
         args.backbone_now = backbone
         print(f"== BIFIT {backbone}, {args.size[0]}x{args.size[1]}, frames {args.frames}")
-        with tempfile.TemporaryDirectory(prefix="rvos-bifit-parity-") as tmp:
-            work = Path(tmp)
-            torch.save(rp.make_frames(max(args.frames), tuple(args.size)), work / "frames.pt")
-            official_runs = rp.spawn(args, "official", work)
-            start = time.perf_counter()
-            convert_checkpoint(work / "official.pth", work / "converted")
-            convert_s = time.perf_counter() - start
-            from rvos.engine.checkpoint import load_checkpoint
-
-            family = load_checkpoint(work / "converted").config.model.referformer.family
-            if family != "bifit":
-                raise SystemExit(f"the converted checkpoint is of family {family!r}, not bifit")
-            rvos_runs = rp.spawn(args, "rvos", work)
-            rows = []
-            for o in official_runs:
-                for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
-                    diff, agreement = rp.compare(work, o, r)
-                    if r["mode"] == "float32":
-                        ok &= max(diff.values()) < args.tolerance
-                    rows.append({"frames": o["frames"], "rvos_mode": r["mode"],
-                                 "official_frames_per_s": o["frames_per_s"],
-                                 "rvos_frames_per_s": r["frames_per_s"],
-                                 "speedup": r["frames_per_s"] / o["frames_per_s"],
-                                 "official_peak_rss_gb": o["peak_rss_gb"],
-                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff,
-                                 "selected_query_agreement": agreement})
+        convert_s, rows, family = rp.run_backbone(args, "rvos-bifit-parity-", rp.spawn, make_row,
+                                                  check_family)
+        ok &= all(max(row["max_abs_diff"].values()) < args.tolerance
+                  for row in rows if row["rvos_mode"] == "float32")
         report["backbones"][backbone] = {"family": family, "convert_s": convert_s, "runs": rows}
-        print(f"{'T':>3} {'rvos mode':>9} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} "
-              f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks   same query, mask IoU")
-        for row in rows:
-            d, a = row["max_abs_diff"], row["selected_query_agreement"]
-            print(f"{row['frames']:>3} {row['rvos_mode']:>9} {row['official_frames_per_s']:>12.3f} "
-                  f"{row['rvos_frames_per_s']:>9.3f} {row['speedup']:>7.2f}x "
-                  f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
-                  f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
-                  f"{a['same_query']}, {a['mask_iou']:.5f}")
+        rp.print_rows(rows)
     report["within_tolerance"] = ok
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    rp.write_report(args, report)
     print(f"float32 outputs within {args.tolerance:g}: {ok}; report: {args.json}")
     sys.exit(0 if ok else 1)
 

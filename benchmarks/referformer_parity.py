@@ -28,7 +28,7 @@ missing ``fvcore`` is stood in for by its one initialiser the official code call
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -73,11 +73,14 @@ def has_avx512_bf16() -> bool:
 
 
 # ----------------------------------------------------------------------------- official side
-def import_official(checkout: Path):
-    """``models.build`` and ``opts.get_args_parser`` from the checkout, with the compiled
-    deformable attention replaced by the checkout's own pure-PyTorch version."""
+def install_stand_ins(checkout: Path, *, fvcore: bool = True, ftfy: bool = False) -> None:
+    """Put ``checkout`` first on ``sys.path`` and register stand-ins for what the official
+    code imports but cannot have here: the compiled ``MultiScaleDeformableAttention`` op
+    (forwarded to the checkout's own pure-PyTorch ``ms_deform_attn_core_pytorch``), and,
+    when not installed and asked for, ``fvcore`` (its one initialiser the official code
+    calls) and ``ftfy`` (text cleaning of an unused CLIP tokenizer)."""
     sys.path.insert(0, str(checkout))
-    if importlib.util.find_spec("fvcore") is None:          # only its initialiser is used
+    if fvcore and importlib.util.find_spec("fvcore") is None:   # only its initialiser is used
         fv, nn_mod, init = (types.ModuleType(n) for n in ("fvcore", "fvcore.nn", "fvcore.nn.weight_init"))
 
         def c2_xavier_fill(module):
@@ -88,6 +91,10 @@ def import_official(checkout: Path):
         init.c2_xavier_fill = c2_xavier_fill
         fv.nn, nn_mod.weight_init = nn_mod, init
         sys.modules.update({"fvcore": fv, "fvcore.nn": nn_mod, "fvcore.nn.weight_init": init})
+    if ftfy and importlib.util.find_spec("ftfy") is None:
+        ftfy_mod = types.ModuleType("ftfy")
+        ftfy_mod.fix_text = lambda text: text
+        sys.modules["ftfy"] = ftfy_mod
 
     msda = types.ModuleType("MultiScaleDeformableAttention")
 
@@ -99,27 +106,56 @@ def import_official(checkout: Path):
 
     msda.ms_deform_attn_forward = forward
     sys.modules["MultiScaleDeformableAttention"] = msda
+
+
+class RandomRoberta:
+    """Stands in for ``transformers.RobertaModel``: roberta-base's architecture with random
+    weights (nothing is downloaded)."""
+
+    @staticmethod
+    def from_pretrained(name):
+        from transformers import RobertaConfig, RobertaModel
+
+        return RobertaModel(RobertaConfig(**ROBERTA_BASE))
+
+
+class NoTokenizer:
+    """Stands in for ``RobertaTokenizerFast``: token ids are given (no tokenizer files here)."""
+
+    @staticmethod
+    def from_pretrained(name):
+        return None
+
+
+def patch_roberta(model_module, tokenizer_module=None) -> None:
+    """Make the official module build RoBERTa from its config and no tokenizer
+    (``tokenizer_module``: where the tokenizer class is looked up, default the same)."""
+    model_module.RobertaModel = RandomRoberta
+    (tokenizer_module or model_module).RobertaTokenizerFast = NoTokenizer
+
+
+def perturb_constant_parameters(model: torch.nn.Module, is_text=None) -> None:
+    """Add N(0, 0.02) noise to every constant-initialised parameter (zero box heads, ...)
+    that is neither a norm's nor the text encoder's (``is_text(name)``, default: the name
+    starts with ``text_encoder``), so that no part is left degenerate (uniform attention, ...)."""
+    is_text = is_text or (lambda name: name.startswith("text_encoder"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name and not is_text(name) and bool((p == p.flatten()[0]).all()):
+                p.add_(torch.randn_like(p) * 0.02)
+
+
+def import_official(checkout: Path):
+    """``models.build`` and ``opts.get_args_parser`` from the checkout, with the compiled
+    deformable attention replaced by the checkout's own pure-PyTorch version."""
+    install_stand_ins(checkout)
     import models            # noqa: F401  (the checkout's package)
     import models.backbone as official_backbone
     import models.referformer as official_referformer
     import opts
 
     official_backbone.is_main_process = lambda: False        # no ImageNet download
-
-    class RandomRoberta:
-        @staticmethod
-        def from_pretrained(name):
-            from transformers import RobertaConfig, RobertaModel
-
-            return RobertaModel(RobertaConfig(**ROBERTA_BASE))
-
-    class NoTokenizer:            # token ids are given (no tokenizer files here)
-        @staticmethod
-        def from_pretrained(name):
-            return None
-
-    official_referformer.RobertaModel = RandomRoberta
-    official_referformer.RobertaTokenizerFast = NoTokenizer
+    patch_roberta(official_referformer)
     return official_referformer.build, opts.get_args_parser
 
 
@@ -165,24 +201,81 @@ def make_frames(count: int, size: tuple[int, int]) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- workers
-def worker(args: argparse.Namespace) -> None:
-    """One side's runs, in its own process: results to ``args.result``."""
+def load_rvos(work: Path):
+    """rvos's model from the converted checkpoint in ``work / "converted"``, ready for
+    inference (weights held once, as ``Predictor.from_checkpoint``)."""
+    from rvos.engine.checkpoint import load_checkpoint, load_weights_into
+    from rvos.models.build import build_model
+
+    checkpoint = load_checkpoint(work / "converted")
+    model = build_model(checkpoint.config, pretrained=False)
+    load_weights_into(model, checkpoint, work / "converted")
+    del checkpoint
+    model.prepare_for_inference()
+    return model
+
+
+def time_runs(args: argparse.Namespace, work: Path, frames_all: torch.Tensor, modes, *,
+              repeats, warmup_frames: int | None, mode_in_name: bool = True,
+              mode_field: str | None = None) -> list[dict]:
+    """Time each ``(mode, fn)`` of ``modes`` on the first ``t`` frames for every ``t`` of
+    ``args.frames`` (``repeats(t)`` runs each, after one untimed run on ``warmup_frames``
+    frames unless None); save the outputs to ``work / f"{name}.pt"`` and return one record
+    per run. ``mode_in_name``: the name is ``{side}_{mode}_T{t}`` (else ``{side}_T{t}``);
+    the record has a ``"mode"`` field when ``mode_in_name`` or ``mode_field`` is given."""
+    runs = []
+    with torch.no_grad():
+        for mode, fn in modes:
+            if warmup_frames is not None:
+                fn(frames_all[:warmup_frames])                          # warm-up
+            for t in args.frames:
+                frames = frames_all[:t]
+                count = repeats(t)
+                reset_peak_rss()
+                start = time.perf_counter()
+                for _ in range(count):
+                    outputs = fn(frames)
+                seconds = (time.perf_counter() - start) / count
+                name = f"{args.worker}_{mode}_T{t}" if mode_in_name else f"{args.worker}_T{t}"
+                torch.save([o.float() for o in outputs], work / f"{name}.pt")
+                record = {"side": args.worker}
+                if mode_in_name or mode_field:
+                    record["mode"] = mode_field or mode
+                record.update({"frames": t, "seconds": seconds, "frames_per_s": t / seconds,
+                               "peak_rss_gb": peak_rss_gb(), "outputs": name})
+                runs.append(record)
+                print(f"  {name}: {seconds:.2f} s, {t / seconds:.2f} frames/s, "
+                      f"peak {record['peak_rss_gb']:.2f} GB", flush=True)
+    return runs
+
+
+def worker_inputs(args: argparse.Namespace) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    """A worker's threads set; its work folder, the frames saved there, the token ids."""
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    frames_all = torch.load(work / "frames.pt")
-    ids = torch.tensor([SENTENCE_IDS])
-    runs = []
+    return work, torch.load(work / "frames.pt"), torch.tensor([SENTENCE_IDS])
+
+
+def run_worker(args: argparse.Namespace, worker) -> bool:
+    """When this process is a worker (``--worker`` given): ``worker(args)`` on its one
+    backbone, and True; else False."""
+    if not args.worker:
+        return False
+    args.backbone = args.backbone[0]
+    worker(args)
+    return True
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One side's runs, in its own process: results to ``args.result``."""
+    work, frames_all, ids = worker_inputs(args)
     if args.worker == "official":
         build, parser_factory = import_official(Path(args.official))
         torch.manual_seed(args.seed)
         model, _, _ = build(official_options(parser_factory, args.backbone))
         model.eval()
         model.tokenizer = FixedTokens(ids)
-        with torch.no_grad():   # no constant-initialised part left degenerate (uniform attention, ...)
-            for name, p in model.named_parameters():
-                if ("norm" not in name and not name.startswith("text_encoder")
-                        and bool((p == p.flatten()[0]).all())):
-                    p.add_(torch.randn_like(p) * 0.02)
+        perturb_constant_parameters(model)
         torch.save({"model": model.state_dict()}, work / "official.pth")
 
         def run(frames):
@@ -191,15 +284,7 @@ def worker(args: argparse.Namespace) -> None:
             return out["pred_logits"], out["pred_boxes"], out["pred_masks"]
         modes = [("float32", run)]
     else:
-        from rvos.engine.checkpoint import load_checkpoint, load_weights_into
-        from rvos.models.build import build_model
-
-        checkpoint = load_checkpoint(work / "converted")
-        cfg = checkpoint.config
-        model = build_model(cfg, pretrained=False)
-        load_weights_into(model, checkpoint, work / "converted")
-        del checkpoint                     # as Predictor.from_checkpoint: weights held once
-        model.prepare_for_inference()
+        model = load_rvos(work)
         attention = torch.ones_like(ids)
 
         def run(frames):
@@ -213,32 +298,19 @@ def worker(args: argparse.Namespace) -> None:
             finally:
                 model.cfg.inference.bf16 = False
         modes = [("float32", run)] + ([("bfloat16", run_bf16)] if has_avx512_bf16() else [])
-    with torch.no_grad():
-        for mode, fn in modes:
-            fn(frames_all[: min(args.frames)])                      # warm-up
-            for t in args.frames:
-                frames = frames_all[:t]
-                repeats = 1 if t > 8 else 3
-                reset_peak_rss()
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    outputs = fn(frames)
-                seconds = (time.perf_counter() - start) / repeats
-                name = f"{args.worker}_{mode}_T{t}"
-                torch.save([o.float() for o in outputs], work / f"{name}.pt")
-                runs.append({"side": args.worker, "mode": mode, "frames": t,
-                             "seconds": seconds, "frames_per_s": t / seconds,
-                             "peak_rss_gb": peak_rss_gb(), "outputs": name})
-                print(f"  {name}: {seconds:.2f} s, {t / seconds:.2f} frames/s, "
-                      f"peak {runs[-1]['peak_rss_gb']:.2f} GB", flush=True)
+    runs = time_runs(args, work, frames_all, modes, repeats=lambda t: 1 if t > 8 else 3,
+                     warmup_frames=min(args.frames))
     Path(args.result).write_text(json.dumps(runs))
 
 
-def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
+def spawn(args: argparse.Namespace, side: str, work: Path, script: str | None = None,
+          extra: list[str] = ()) -> list[dict]:
+    """Run ``script`` (default this one) as the ``side`` worker with ``args``' settings and
+    the ``extra`` command-line options; its run records."""
     result = work / f"{side}.json"
-    cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
-           "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--frames", *map(str, args.frames)]
+    cmd = [sys.executable, script or __file__, "--worker", side, "--work", str(work),
+           "--result", str(result), "--backbone", args.backbone_now, "--threads", str(args.threads),
+           "--seed", str(args.seed), *extra, "--frames", *map(str, args.frames)]
     if args.official:
         cmd += ["--official", str(args.official)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
@@ -262,84 +334,150 @@ def compare(work: Path, official: dict, mine: dict) -> tuple[dict, dict]:
                   "mask_pixels_differing": int((mask_a ^ mask_b).sum())}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, help="checkout of wjn922/ReferFormer")
-    parser.add_argument("--official-commit", help="its commit, when the folder is an export "
-                                                  "without .git (read with git otherwise)")
-    parser.add_argument("--backbone", nargs="+", default=["resnet50", "video_swin_t"])
+# ----------------------------------------------------------------------------- main loop
+def add_common_options(parser: argparse.ArgumentParser, repository: str, backbones: list[str],
+                       backbone_choices=None, commit_default: str | None = None,
+                       commit_help: str = "its commit, when the folder is an export "
+                                          "without .git (read with git otherwise)") -> None:
+    """The options every parity script has up to ``--seed``: ``--official`` (a checkout of
+    ``repository``), ``--official-commit``, ``--backbone`` (default ``backbones``),
+    ``--frames``, ``--size``, ``--threads``, ``--seed``."""
+    parser.add_argument("--official", type=Path, help=f"checkout of {repository}")
+    parser.add_argument("--official-commit", default=commit_default, help=commit_help)
+    parser.add_argument("--backbone", nargs="+", default=backbones, choices=backbone_choices)
     parser.add_argument("--frames", nargs="+", type=int, default=[5, 36])
     parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "referformer_parity.json")
+
+
+def add_output_options(parser: argparse.ArgumentParser, json_name: str) -> None:
+    """``--json`` (default benchmarks/results/``json_name``) and ``--tolerance``."""
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / json_name)
     parser.add_argument("--tolerance", type=float, default=1e-4)
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """The hidden options of a worker process (see ``spawn``)."""
     parser.add_argument("--worker", choices=["official", "rvos"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        args.backbone = args.backbone[0]
-        worker(args)
-        return
-    if args.official is None or not (args.official / "models" / "referformer.py").is_file():
-        print(f"skipped: --official must name a checkout of wjn922/ReferFormer "
-              f"(got {args.official})")
+
+
+def require_checkout(args: argparse.Namespace, marker: str, repository: str) -> None:
+    """Exit (status 0, "skipped") unless ``args.official / marker`` is a file."""
+    if args.official is None or not (args.official / marker).is_file():
+        print(f"skipped: --official must name a checkout of {repository} (got {args.official})")
         sys.exit(0)
+
+
+def official_commit(args: argparse.Namespace, git_first: bool = False) -> str | None:
+    """The checkout's commit: ``--official-commit`` when given, else ``git rev-parse HEAD``
+    (``git_first``: git's answer when there is one, else ``--official-commit``)."""
+    commit = args.official_commit
+    if commit and not git_first:
+        return commit
+    try:
+        return subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip() or commit
+    except (OSError, subprocess.CalledProcessError):
+        return commit
+
+
+def new_report(args: argparse.Namespace, commit: str | None, **extra) -> dict:
+    """The report's header fields (then ``extra``), with an empty ``backbones``."""
+    return {"official": str(args.official), "official_commit": commit,
+            "cpu": platform.processor() or platform.machine(), "threads": args.threads,
+            "size": args.size, "torch": torch.__version__, **extra, "backbones": {}}
+
+
+def run_backbone(args: argparse.Namespace, prefix: str, run_side, make_row, check_converted=None):
+    """One backbone's parity run in a temporary folder (``prefix``): frames, the official
+    worker (``run_side(args, "official", work)``), conversion (timed), ``check_converted(work)``
+    when given, the rvos worker, then ``make_row(work, official_run, rvos_run)`` for each
+    pair of runs on the same frame count. Returns (convert seconds, rows, what
+    ``check_converted`` returned)."""
     from rvos.convert import convert_checkpoint
 
-    commit = args.official_commit
-    try:
-        commit = commit or subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
-                                          capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    report = {"official": str(args.official), "official_commit": commit,
-              "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-              "size": args.size, "torch": torch.__version__, "backbones": {}}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        torch.save(make_frames(max(args.frames), tuple(args.size)), work / "frames.pt")
+        official_runs = run_side(args, "official", work)
+        start = time.perf_counter()
+        convert_checkpoint(work / "official.pth", work / "converted")
+        convert_s = time.perf_counter() - start
+        checked = check_converted(work) if check_converted else None
+        rvos_runs = run_side(args, "rvos", work)
+        rows = [make_row(work, o, r) for o in official_runs
+                for r in rvos_runs if r["frames"] == o["frames"]]
+    return convert_s, rows, checked
+
+
+def timing_row(o: dict, r: dict, diff: dict, agreement: dict, lead: dict | None = None,
+               **extra) -> dict:
+    """A report row: frame count, ``lead``, frames/s and peak memory of both sides, the
+    differences, ``extra``, the selected-query agreement."""
+    return {"frames": o["frames"], **(lead or {}),
+            "official_frames_per_s": o["frames_per_s"], "rvos_frames_per_s": r["frames_per_s"],
+            "speedup": r["frames_per_s"] / o["frames_per_s"],
+            "official_peak_rss_gb": o["peak_rss_gb"], "rvos_peak_rss_gb": r["peak_rss_gb"],
+            "max_abs_diff": diff, **extra, "selected_query_agreement": agreement}
+
+
+TIMING_HEADER = f"{'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} {'off. GB':>8} {'rvos GB':>8}"
+
+
+def timing_cells(row: dict) -> str:
+    """The cells under ``TIMING_HEADER`` for one row."""
+    return (f"{row['official_frames_per_s']:>12.3f} {row['rvos_frames_per_s']:>9.3f} "
+            f"{row['speedup']:>7.2f}x {row['official_peak_rss_gb']:>8.2f} "
+            f"{row['rvos_peak_rss_gb']:>8.2f}")
+
+
+def write_report(args: argparse.Namespace, report: dict) -> None:
+    """``report`` as JSON to ``args.json``."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_options(parser, "wjn922/ReferFormer", ["resnet50", "video_swin_t"])
+    add_output_options(parser, "referformer_parity.json")
+    add_worker_options(parser)
+    args = parser.parse_args()
+    if run_worker(args, worker):
+        return
+    require_checkout(args, "models/referformer.py", "wjn922/ReferFormer")
+    report = new_report(args, official_commit(args))
     ok = True
     for backbone in args.backbone:
         args.backbone_now = backbone
         print(f"== {backbone}")
-        with tempfile.TemporaryDirectory(prefix="rvos-parity-") as tmp:
-            work = Path(tmp)
-            torch.save(make_frames(max(args.frames), tuple(args.size)), work / "frames.pt")
-            official_runs = spawn(args, "official", work)
-            start = time.perf_counter()
-            convert_checkpoint(work / "official.pth", work / "converted")
-            convert_s = time.perf_counter() - start
-            rvos_runs = spawn(args, "rvos", work)
-            rows = []
-            for o in official_runs:
-                for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
-                    diff, agreement = compare(work, o, r)
-                    exact = r["mode"] == "float32"
-                    if exact:
-                        ok &= max(diff.values()) < args.tolerance
-                    rows.append({"frames": o["frames"], "rvos_mode": r["mode"],
-                                 "official_frames_per_s": o["frames_per_s"],
-                                 "rvos_frames_per_s": r["frames_per_s"],
-                                 "speedup": r["frames_per_s"] / o["frames_per_s"],
-                                 "official_peak_rss_gb": o["peak_rss_gb"],
-                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff,
-                                 "selected_query_agreement": agreement})
+
+        def make_row(work, o, r):
+            diff, agreement = compare(work, o, r)
+            return timing_row(o, r, diff, agreement, {"rvos_mode": r["mode"]})
+        convert_s, rows, _ = run_backbone(args, "rvos-parity-", spawn, make_row)
+        ok &= all(max(row["max_abs_diff"].values()) < args.tolerance
+                  for row in rows if row["rvos_mode"] == "float32")
         report["backbones"][backbone] = {"convert_s": convert_s, "runs": rows}
-        print(f"{'T':>3} {'rvos mode':>9} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} "
-              f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks   "
-              f"same query, mask IoU")
-        for row in rows:
-            d = row["max_abs_diff"]
-            print(f"{row['frames']:>3} {row['rvos_mode']:>9} {row['official_frames_per_s']:>12.3f} "
-                  f"{row['rvos_frames_per_s']:>9.3f} {row['speedup']:>7.2f}x "
-                  f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
-                  f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
-                  f"{row['selected_query_agreement']['same_query']}, "
-                  f"{row['selected_query_agreement']['mask_iou']:.5f}")
+        print_rows(rows)
     report["within_tolerance"] = ok
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args, report)
     print(f"float32 outputs within {args.tolerance:g}: {ok}; report: {args.json}")
     sys.exit(0 if ok else 1)
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The table of ReferFormer-layout rows (``rvos_mode``, logits / boxes / masks)."""
+    print(f"{'T':>3} {'rvos mode':>9} {TIMING_HEADER}  max |diff| logits / boxes / masks   "
+          f"same query, mask IoU")
+    for row in rows:
+        d, a = row["max_abs_diff"], row["selected_query_agreement"]
+        print(f"{row['frames']:>3} {row['rvos_mode']:>9} {timing_cells(row)}  "
+              f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
+              f"{a['same_query']}, {a['mask_iou']:.5f}")
 
 
 if __name__ == "__main__":

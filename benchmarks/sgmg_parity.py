@@ -35,15 +35,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
-import time
-import types
 from pathlib import Path
 
 import torch
@@ -51,8 +44,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.referformer_parity import (ROBERTA_BASE, SENTENCE_IDS, FixedTokens,  # noqa: E402
-                                           make_frames, peak_rss_gb, reset_peak_rss)
+from benchmarks.referformer_parity import (SENTENCE_IDS, FixedTokens, TIMING_HEADER,  # noqa: E402
+                                           add_common_options, add_output_options,
+                                           add_worker_options, run_worker, worker_inputs, install_stand_ins, load_rvos,
+                                           new_report, official_commit, patch_roberta,
+                                           perturb_constant_parameters, require_checkout,
+                                           run_backbone, spawn as spawn_script, time_runs,
+                                           timing_cells, timing_row, write_report)
 
 OFFICIAL_BACKBONES = {"video_swin_t": "video_swin_t_p4w7", "video_swin_s": "video_swin_s_p4w7",
                       "video_swin_b": "video_swin_b_p4w7"}
@@ -64,33 +62,7 @@ def import_official(checkout: Path):
     """``models.sgmg.build`` and ``opts.get_args_parser`` from the checkout, the compiled
     deformable attention replaced by the checkout's pure-PyTorch version, RoBERTa built
     from its config with random weights."""
-    sys.path.insert(0, str(checkout))
-    if importlib.util.find_spec("fvcore") is None:          # only its initialiser is imported
-        fv, nn_mod, init = (types.ModuleType(n) for n in ("fvcore", "fvcore.nn", "fvcore.nn.weight_init"))
-
-        def c2_xavier_fill(module):
-            torch.nn.init.kaiming_uniform_(module.weight, a=1)
-            if module.bias is not None:
-                torch.nn.init.constant_(module.bias, 0)
-
-        init.c2_xavier_fill = c2_xavier_fill
-        fv.nn, nn_mod.weight_init = nn_mod, init
-        sys.modules.update({"fvcore": fv, "fvcore.nn": nn_mod, "fvcore.nn.weight_init": init})
-    if importlib.util.find_spec("ftfy") is None:            # the CLIP tokenizer's text cleaning
-        ftfy = types.ModuleType("ftfy")
-        ftfy.fix_text = lambda text: text
-        sys.modules["ftfy"] = ftfy
-
-    msda = types.ModuleType("MultiScaleDeformableAttention")
-
-    def forward(value, shapes, level_start, locations, weights, im2col_step):
-        from models.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
-
-        return ms_deform_attn_core_pytorch(value, [(int(h), int(w)) for h, w in shapes],
-                                           locations, weights)
-
-    msda.ms_deform_attn_forward = forward
-    sys.modules["MultiScaleDeformableAttention"] = msda
+    install_stand_ins(checkout, ftfy=True)
     import models.backbone as official_backbone
     import models.sgmg as official_sgmg
     import models.text_encoder.text_encoder as official_text
@@ -99,20 +71,7 @@ def import_official(checkout: Path):
 
     official_backbone.is_main_process = lambda: False        # no ImageNet download
 
-    class RandomRoberta:
-        @staticmethod
-        def from_pretrained(name):
-            from transformers import RobertaConfig, RobertaModel
-
-            return RobertaModel(RobertaConfig(**ROBERTA_BASE))
-
-    class NoTokenizer:            # token ids are given (no tokenizer files here)
-        @staticmethod
-        def from_pretrained(name):
-            return None
-
-    official_text.RobertaModel = RandomRoberta
-    official_tokenizer.RobertaTokenizerFast = NoTokenizer
+    patch_roberta(official_text, official_tokenizer)
     return official_sgmg.build, opts.get_args_parser
 
 
@@ -130,11 +89,7 @@ def build_official(checkout: Path, backbone: str, seed: int, ids: torch.Tensor):
     model, _, _ = build(official_options(parser_factory, backbone))
     model.eval()
     model.text_encoder.tokenizer.tokenizer = FixedTokens(ids)
-    with torch.no_grad():   # no constant-initialised part left degenerate (uniform attention, ...)
-        for name, p in model.named_parameters():
-            if ("norm" not in name and "text_encoder" not in name
-                    and bool((p == p.flatten()[0]).all())):
-                p.add_(torch.randn_like(p) * 0.02)
+    perturb_constant_parameters(model, lambda name: "text_encoder" in name)
     return model
 
 
@@ -175,61 +130,26 @@ def record_keys(checkout: Path, backbones: list[str], out: Path) -> None:
 # ----------------------------------------------------------------------------- workers
 def worker(args: argparse.Namespace) -> None:
     """One side's runs, in its own process: results to ``args.result``."""
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    frames_all = torch.load(work / "frames.pt")
-    ids = torch.tensor([SENTENCE_IDS])
-    runs = []
+    work, frames_all, ids = worker_inputs(args)
     if args.worker == "official":
         model = build_official(Path(args.official), args.backbone, args.seed, ids)
         torch.save({"model": model.state_dict()}, work / "official.pth")
         run = official_runner(model)
     else:
-        from rvos.engine.checkpoint import load_checkpoint, load_weights_into
-        from rvos.models.build import build_model
-
-        checkpoint = load_checkpoint(work / "converted")
-        cfg = checkpoint.config
-        model = build_model(cfg, pretrained=False)
-        load_weights_into(model, checkpoint, work / "converted")
-        del checkpoint
-        model.prepare_for_inference()
+        model = load_rvos(work)
         attention = torch.ones_like(ids)
 
         def run(frames):
             p = model.predict(frames[None], ids, attention)
             q = p.query
             return (p.logits, q, p.logits[:, :, q], p.boxes[:, :, q], p.masks)
-    with torch.no_grad():
-        run(frames_all[:2])                                           # warm-up
-        for t in args.frames:
-            frames = frames_all[:t]
-            repeats = 1 if t > 8 else args.repeats
-            reset_peak_rss()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                outputs = run(frames)
-            seconds = (time.perf_counter() - start) / repeats
-            name = f"{args.worker}_T{t}"
-            torch.save([o.float() for o in outputs], work / f"{name}.pt")
-            runs.append({"side": args.worker, "frames": t, "seconds": seconds,
-                         "frames_per_s": t / seconds, "peak_rss_gb": peak_rss_gb(),
-                         "outputs": name})
-            print(f"  {name}: {seconds:.2f} s, {t / seconds:.2f} frames/s, "
-                  f"peak {runs[-1]['peak_rss_gb']:.2f} GB", flush=True)
+    runs = time_runs(args, work, frames_all, [("float32", run)], warmup_frames=2,
+                     repeats=lambda t: 1 if t > 8 else args.repeats, mode_in_name=False)
     Path(args.result).write_text(json.dumps(runs))
 
 
 def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
-    result = work / f"{side}.json"
-    cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
-           "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--repeats", str(args.repeats), "--frames", *map(str, args.frames)]
-    if args.official:
-        cmd += ["--official", str(args.official)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    subprocess.run(cmd, check=True, env=env)
-    return json.loads(result.read_text())
+    return spawn_script(args, side, work, __file__, ["--repeats", str(args.repeats)])
 
 
 NAMES = ("pred_logits_all_queries", "selected_query", "pred_logits", "pred_boxes", "pred_masks")
@@ -253,83 +173,39 @@ def compare(work: Path, official: dict, mine: dict) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, help="checkout of bo-miao/SgMg")
-    parser.add_argument("--official-commit", help="its commit, when the folder is an export "
-                                                  "without .git (read with git otherwise)")
-    parser.add_argument("--backbone", nargs="+", default=["video_swin_t", "resnet50"])
-    parser.add_argument("--frames", nargs="+", type=int, default=[5, 36])
-    parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    add_common_options(parser, "bo-miao/SgMg", ["video_swin_t", "resnet50"])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per clip of 8 frames or fewer")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sgmg_parity.json")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    add_output_options(parser, "sgmg_parity.json")
     parser.add_argument("--record-keys", type=Path, help="write the official names and shapes here and exit")
-    parser.add_argument("--worker", choices=["official", "rvos"], help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        args.backbone = args.backbone[0]
-        worker(args)
+    if run_worker(args, worker):
         return
-    if args.official is None or not (args.official / "models" / "sgmg.py").is_file():
-        print(f"skipped: --official must name a checkout of bo-miao/SgMg (got {args.official})")
-        sys.exit(0)
+    require_checkout(args, "models/sgmg.py", "bo-miao/SgMg")
     if args.record_keys:
         record_keys(args.official, args.backbone, args.record_keys)
         return
-    from rvos.convert import convert_checkpoint
-
-    commit = args.official_commit
-    try:
-        commit = commit or subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
-                                          capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    report = {"official": str(args.official), "official_commit": commit,
-              "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-              "size": args.size, "torch": torch.__version__, "backbones": {}}
+    report = new_report(args, official_commit(args))
     ok = True
     for backbone in args.backbone:
         args.backbone_now = backbone
         print(f"== {backbone}")
-        with tempfile.TemporaryDirectory(prefix="rvos-sgmg-parity-") as tmp:
-            work = Path(tmp)
-            torch.save(make_frames(max(args.frames), tuple(args.size)), work / "frames.pt")
-            official_runs = spawn(args, "official", work)
-            start = time.perf_counter()
-            convert_checkpoint(work / "official.pth", work / "converted")
-            convert_s = time.perf_counter() - start
-            rvos_runs = spawn(args, "rvos", work)
-            rows = []
-            for o in official_runs:
-                for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
-                    diff, agreement = compare(work, o, r)
-                    ok &= max(diff.values()) < args.tolerance and agreement["same_query"]
-                    rows.append({"frames": o["frames"],
-                                 "official_frames_per_s": o["frames_per_s"],
-                                 "rvos_frames_per_s": r["frames_per_s"],
-                                 "speedup": r["frames_per_s"] / o["frames_per_s"],
-                                 "official_peak_rss_gb": o["peak_rss_gb"],
-                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff,
-                                 "selected_query_agreement": agreement})
+
+        def make_row(work, o, r):
+            return timing_row(o, r, *compare(work, o, r))
+        convert_s, rows, _ = run_backbone(args, "rvos-sgmg-parity-", spawn, make_row)
+        ok &= all(max(row["max_abs_diff"].values()) < args.tolerance
+                  and row["selected_query_agreement"]["same_query"] for row in rows)
         report["backbones"][backbone] = {"convert_s": convert_s, "runs": rows}
-        print(f"{'T':>3} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} {'off. GB':>8} "
-              f"{'rvos GB':>8}  max |diff| logits(all) / logits / boxes / final masks   "
+        print(f"{'T':>3} {TIMING_HEADER}  max |diff| logits(all) / logits / boxes / final masks   "
               f"same query, mask IoU")
         for row in rows:
-            d = row["max_abs_diff"]
-            print(f"{row['frames']:>3} {row['official_frames_per_s']:>12.3f} "
-                  f"{row['rvos_frames_per_s']:>9.3f} {row['speedup']:>7.2f}x "
-                  f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
+            d, a = row["max_abs_diff"], row["selected_query_agreement"]
+            print(f"{row['frames']:>3} {timing_cells(row)}  "
                   f"{d['pred_logits_all_queries']:.2e} / {d['pred_logits']:.2e} / "
-                  f"{d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
-                  f"{row['selected_query_agreement']['same_query']}, "
-                  f"{row['selected_query_agreement']['mask_iou']:.5f}")
+                  f"{d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   {a['same_query']}, {a['mask_iou']:.5f}")
     report["within_tolerance"] = ok
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args, report)
     print(f"float32 outputs within {args.tolerance:g} and same query: {ok}; report: {args.json}")
     sys.exit(0 if ok else 1)
 

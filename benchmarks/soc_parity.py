@@ -42,21 +42,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
-import time
-import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # this checkout's rvos first
-from referformer_parity import (ROBERTA_BASE, SENTENCE_IDS, FixedTokens, compare,  # noqa: E402
-                                make_frames, peak_rss_gb, reset_peak_rss)
+from referformer_parity import (FixedTokens, TIMING_HEADER,  # noqa: E402
+                                add_common_options, add_output_options, add_worker_options, run_worker, worker_inputs,
+                                compare, install_stand_ins, load_rvos, new_report,
+                                official_commit, patch_roberta, perturb_constant_parameters,
+                                require_checkout, run_backbone, spawn as spawn_script, time_runs,
+                                timing_cells, timing_row, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_BACKBONE = {"video_swin_t": "video-swin-t", "video_swin_s": "video-swin-s",
@@ -67,33 +65,10 @@ OFFICIAL_BACKBONE = {"video_swin_t": "video-swin-t", "video_swin_s": "video-swin
 def import_official(checkout: Path):
     """The checkout's ``models.soc`` module, with the compiled deformable attention replaced
     by the checkout's own pure-PyTorch version and RoBERTa built from its config."""
-    sys.path.insert(0, str(checkout))
-    msda = types.ModuleType("MultiScaleDeformableAttention")
-
-    def forward(value, shapes, level_start, locations, weights, im2col_step):
-        from models.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
-
-        return ms_deform_attn_core_pytorch(value, [(int(h), int(w)) for h, w in shapes],
-                                           locations, weights)
-
-    msda.ms_deform_attn_forward = forward
-    sys.modules["MultiScaleDeformableAttention"] = msda
+    install_stand_ins(checkout, fvcore=False)
     soc = importlib.import_module("models.soc")
 
-    class RandomRoberta:
-        @staticmethod
-        def from_pretrained(name):
-            from transformers import RobertaConfig, RobertaModel
-
-            return RobertaModel(RobertaConfig(**ROBERTA_BASE))
-
-    class NoTokenizer:            # token ids are given (no tokenizer files here)
-        @staticmethod
-        def from_pretrained(name):
-            return None
-
-    soc.RobertaModel = RandomRoberta
-    soc.RobertaTokenizerFast = NoTokenizer
+    patch_roberta(soc)
     return soc
 
 
@@ -118,11 +93,8 @@ def build_official(checkout: Path, backbone: str, seed: int, controller_scale: f
     torch.manual_seed(seed)
     model, _, _ = soc.build(official_options(checkout, backbone))
     model.eval()
-    with torch.no_grad():   # no constant-initialised part left degenerate
-        for name, p in model.named_parameters():
-            if ("norm" not in name and not name.startswith("text_encoder")
-                    and bool((p == p.flatten()[0]).all())):
-                p.add_(torch.randn_like(p) * 0.02)
+    perturb_constant_parameters(model)
+    with torch.no_grad():
         last = model.controller.layers[-1]
         last.weight.mul_(controller_scale)
         last.bias.mul_(controller_scale)
@@ -144,11 +116,7 @@ def record_keys(checkout: Path, backbones: list[str], out: Path) -> None:
 # ----------------------------------------------------------------------------- workers
 def worker(args: argparse.Namespace) -> None:
     """One side's runs, in its own process: results to ``args.result``."""
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    frames_all = torch.load(work / "frames.pt")
-    ids = torch.tensor([SENTENCE_IDS])
-    runs = []
+    work, frames_all, ids = worker_inputs(args)
     if args.worker == "official":
         model = build_official(Path(args.official), args.backbone, args.seed, args.controller_scale)
         model.tokenizer = FixedTokens(ids)
@@ -163,66 +131,29 @@ def worker(args: argparse.Namespace) -> None:
             # official layout (T, B, Q, ...) -> (B, T, Q, ...)
             return tuple(out[k].transpose(0, 1) for k in ("pred_cls", "pred_boxes", "pred_masks"))
     else:
-        from rvos.engine.checkpoint import load_checkpoint, load_weights_into
-        from rvos.models.build import build_model
-
-        checkpoint = load_checkpoint(work / "converted")
-        model = build_model(checkpoint.config, pretrained=False)
-        load_weights_into(model, checkpoint, work / "converted")
-        del checkpoint
-        model.prepare_for_inference()
+        model = load_rvos(work)
         attention = torch.ones_like(ids)
 
         def run(frames):
             pred = model.predict(frames[None], ids, attention)
             return pred.logits, pred.boxes, pred.masks
-    with torch.no_grad():
-        if not args.no_warmup:
-            run(frames_all[: min(args.frames)])                  # warm-up
-        for t in args.frames:
-            frames = frames_all[:t]
-            repeats = args.repeats or (1 if t > 8 else 2)
-            reset_peak_rss()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                outputs = run(frames)
-            seconds = (time.perf_counter() - start) / repeats
-            name = f"{args.worker}_T{t}"
-            torch.save([o.float() for o in outputs], work / f"{name}.pt")
-            runs.append({"side": args.worker, "mode": "float32", "frames": t,
-                         "seconds": seconds, "frames_per_s": t / seconds,
-                         "peak_rss_gb": peak_rss_gb(), "outputs": name})
-            print(f"  {name}: {seconds:.2f} s, {t / seconds:.2f} frames/s, "
-                  f"peak {runs[-1]['peak_rss_gb']:.2f} GB", flush=True)
+    runs = time_runs(args, work, frames_all, [("float32", run)], mode_in_name=False,
+                     mode_field="float32", repeats=lambda t: args.repeats or (1 if t > 8 else 2),
+                     warmup_frames=None if args.no_warmup else min(args.frames))
     Path(args.result).write_text(json.dumps(runs))
 
 
 def spawn(args: argparse.Namespace, side: str, work: Path) -> list[dict]:
-    result = work / f"{side}.json"
-    cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--result", str(result),
-           "--backbone", args.backbone_now, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--frames", *map(str, args.frames), "--controller-scale", str(args.controller_scale),
-           "--repeats", str(args.repeats)] + (["--no-warmup"] if args.no_warmup else [])
-    if args.official:
-        cmd += ["--official", str(args.official)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    subprocess.run(cmd, check=True, env=env)
-    return json.loads(result.read_text())
+    return spawn_script(args, side, work, __file__,
+                        ["--controller-scale", str(args.controller_scale), "--repeats", str(args.repeats)]
+                        + (["--no-warmup"] if args.no_warmup else []))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, help="checkout of RobertLuo1/NeurIPS2023_SOC")
-    parser.add_argument("--official-commit", help="its commit, when the folder is an export "
-                                                  "without .git (read with git otherwise)")
-    parser.add_argument("--backbone", nargs="+", default=["video_swin_t"],
-                        choices=sorted(OFFICIAL_BACKBONE))
-    parser.add_argument("--frames", nargs="+", type=int, default=[5, 36])
-    parser.add_argument("--size", nargs=2, type=int, default=[360, 640])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "soc_parity.json")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    add_common_options(parser, "RobertLuo1/NeurIPS2023_SOC", ["video_swin_t"],
+                       backbone_choices=sorted(OFFICIAL_BACKBONE))
+    add_output_options(parser, "soc_parity.json")
     parser.add_argument("--repeats", type=int, default=0,
                         help="timed runs per clip length (0: 2 up to 8 frames, else 1)")
     parser.add_argument("--no-warmup", action="store_true",
@@ -232,83 +163,45 @@ def main() -> None:
                              "trained-model magnitude instead of thousands)")
     parser.add_argument("--record-keys", type=Path, help="write the official state dict's "
                         "names and shapes per backbone to this JSON file and stop")
-    parser.add_argument("--worker", choices=["official", "rvos"], help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        args.backbone = args.backbone[0]
-        worker(args)
+    if run_worker(args, worker):
         return
-    if args.official is None or not (args.official / "models" / "soc.py").is_file():
-        print(f"skipped: --official must name a checkout of RobertLuo1/NeurIPS2023_SOC "
-              f"(got {args.official})")
-        sys.exit(0)
+    require_checkout(args, "models/soc.py", "RobertLuo1/NeurIPS2023_SOC")
     if args.record_keys:
         record_keys(args.official, args.backbone, args.record_keys)
         return
-    from rvos.convert import convert_checkpoint
-
-    commit = args.official_commit
-    try:
-        commit = commit or subprocess.run(["git", "-C", str(args.official), "rev-parse", "HEAD"],
-                                          capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    report = {"official": str(args.official), "official_commit": commit,
-              "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-              "size": args.size, "torch": torch.__version__,
-              "controller_scale": args.controller_scale, "backbones": {}}
+    report = new_report(args, official_commit(args), controller_scale=args.controller_scale)
     ok = ok_scaled = True
     for backbone in args.backbone:
         args.backbone_now = backbone
         print(f"== {backbone}")
-        with tempfile.TemporaryDirectory(prefix="rvos-soc-parity-") as tmp:
-            work = Path(tmp)
-            torch.save(make_frames(max(args.frames), tuple(args.size)), work / "frames.pt")
-            official_runs = spawn(args, "official", work)
-            start = time.perf_counter()
-            convert_checkpoint(work / "official.pth", work / "converted")
-            convert_s = time.perf_counter() - start
-            rvos_runs = spawn(args, "rvos", work)
-            rows = []
-            for o in official_runs:
-                for r in (r for r in rvos_runs if r["frames"] == o["frames"]):
-                    diff, agreement = compare(work, o, r)
-                    scale = {n: float(x.abs().max()) for n, x in zip(
-                        ("pred_logits", "pred_boxes", "pred_masks"),
-                        torch.load(work / f"{o['outputs']}.pt"))}
-                    ok &= max(diff.values()) < args.tolerance and agreement["same_query"]
-                    # mask logits scaled by their magnitude (see the docstring)
-                    ok_scaled &= (max(diff["pred_logits"], diff["pred_boxes"]) < args.tolerance
-                                  and diff["pred_masks"] < args.tolerance * max(1.0, scale["pred_masks"])
-                                  and agreement["same_query"])
-                    rows.append({"frames": o["frames"],
-                                 "official_frames_per_s": o["frames_per_s"],
-                                 "rvos_frames_per_s": r["frames_per_s"],
-                                 "speedup": r["frames_per_s"] / o["frames_per_s"],
-                                 "official_peak_rss_gb": o["peak_rss_gb"],
-                                 "rvos_peak_rss_gb": r["peak_rss_gb"], "max_abs_diff": diff,
-                                 "official_max_abs": scale,
-                                 "max_rel_diff": {n: diff[n] / max(scale[n], 1e-12) for n in diff},
-                                 "selected_query_agreement": agreement})
+
+        def make_row(work, o, r):
+            diff, agreement = compare(work, o, r)
+            scale = {n: float(x.abs().max()) for n, x in zip(
+                ("pred_logits", "pred_boxes", "pred_masks"), torch.load(work / f"{o['outputs']}.pt"))}
+            return timing_row(o, r, diff, agreement, official_max_abs=scale,
+                              max_rel_diff={n: diff[n] / max(scale[n], 1e-12) for n in diff})
+        convert_s, rows, _ = run_backbone(args, "rvos-soc-parity-", spawn, make_row)
+        for row in rows:
+            diff, same = row["max_abs_diff"], row["selected_query_agreement"]["same_query"]
+            ok &= max(diff.values()) < args.tolerance and same
+            # mask logits scaled by their magnitude (see the docstring)
+            ok_scaled &= (max(diff["pred_logits"], diff["pred_boxes"]) < args.tolerance
+                          and diff["pred_masks"] < args.tolerance * max(1.0, row["official_max_abs"]["pred_masks"])
+                          and same)
         report["backbones"][backbone] = {"convert_s": convert_s, "runs": rows}
-        print(f"{'T':>3} {'official f/s':>12} {'rvos f/s':>9} {'speed-up':>8} "
-              f"{'off. GB':>8} {'rvos GB':>8}  max |diff| logits / boxes / masks   "
+        print(f"{'T':>3} {TIMING_HEADER}  max |diff| logits / boxes / masks   "
               f"same query, mask IoU, max |official mask logit|")
         for row in rows:
-            d = row["max_abs_diff"]
-            print(f"{row['frames']:>3} {row['official_frames_per_s']:>12.3f} "
-                  f"{row['rvos_frames_per_s']:>9.3f} {row['speedup']:>7.2f}x "
-                  f"{row['official_peak_rss_gb']:>8.2f} {row['rvos_peak_rss_gb']:>8.2f}  "
+            d, a = row["max_abs_diff"], row["selected_query_agreement"]
+            print(f"{row['frames']:>3} {timing_cells(row)}  "
                   f"{d['pred_logits']:.2e} / {d['pred_boxes']:.2e} / {d['pred_masks']:.2e}   "
-                  f"{row['selected_query_agreement']['same_query']}, "
-                  f"{row['selected_query_agreement']['mask_iou']:.5f}, "
-                  f"{row['official_max_abs']['pred_masks']:.1f}")
+                  f"{a['same_query']}, {a['mask_iou']:.5f}, {row['official_max_abs']['pred_masks']:.1f}")
     report["within_tolerance"] = ok
     report["within_tolerance_masks_scaled"] = ok_scaled
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args, report)
     print(f"float32 outputs within {args.tolerance:g}: {ok}; with the mask logits' tolerance "
           f"scaled by their magnitude: {ok_scaled}; report: {args.json}")
     sys.exit(0 if ok_scaled else 1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,12 @@ from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInfere
 from rvos.models.referformer.convert import config_from_state, convert_state, read_official_checkpoint
 from rvos.models.referformer.model import ReferFormer
 from rvos.models.referformer.pixel_decoder import dynamic_mask_logits
+from referformer_helpers import (SENTENCE_IDS, as_not_binary_without_box_refinement,
+                                 assert_conversion_refuses,
+                                 convert_then_predict, converted_model, meta_state,
+                                 official_checkout, official_referformer_outputs,
+                                 perturb_constants, predict_both, write_official_checkpoint,
+                                 zeros_state)
 
 KEYS = json.loads((Path(__file__).parent / "data" / "referformer_official_keys.json").read_text())
 
@@ -33,14 +38,11 @@ KEYS = json.loads((Path(__file__).parent / "data" / "referformer_official_keys.j
 def official_state(backbone: str) -> dict[str, torch.Tensor]:
     """A state dict with the official names and shapes (zeros; pages are not touched), plus
     the buffer older transformers versions saved in released checkpoints."""
-    state = {k: torch.zeros(shape) for k, shape in KEYS["models"][backbone].items()}
-    state["text_encoder.embeddings.position_ids"] = torch.arange(514)[None]
-    return state
+    return zeros_state(KEYS["models"][backbone])
 
 
 def expected_state(cfg: ReferFormerConfig) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return ReferFormer(cfg).state_dict()
+    return meta_state(ReferFormer, cfg)
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "video_swin_t"])
@@ -65,10 +67,7 @@ def test_official_keys_all_map_with_their_shapes(backbone):
 
 def test_architecture_is_read_from_shapes():
     state = official_state("resnet50")
-    for k in [k for k in state if k.startswith("class_embed.")]:
-        state[k] = torch.zeros((65,) + tuple(state[k].shape[1:]))      # not --binary
-    for k in [k for k in state if k.startswith("transformer.decoder.bbox_embed.")]:
-        del state[k]                                                   # no box refinement
+    as_not_binary_without_box_refinement(state)
     cfg = config_from_state(state)
     assert cfg.num_classes == 65 and not cfg.with_box_refine
     convert_state(state, expected_state(cfg))
@@ -78,18 +77,12 @@ def test_bad_checkpoints_name_the_problem():
     state = official_state("resnet50")
     cfg = config_from_state(state)
     expected = expected_state(cfg)
-    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"1 keys rvos's ReferFormer does not have .*spectrum_fusion"):
-        convert_state(extra, expected)
-    missing = {k: v for k, v in state.items() if k != "pixel_decoder.layer_1.weight"}
-    with pytest.raises(RVOSError, match=r"1 keys missing: pixel_decoder.layer_1.weight"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"pixel_decoder.layer_1.weight": torch.zeros(256, 256, 1, 1)})
-    with pytest.raises(RVOSError, match=r"wrong shape: pixel_decoder.layer_1.weight \(256, 256, 1, 1\)"):
-        convert_state(wrong, expected)
-    twin = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
-    with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
-        convert_state(twin, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected,
+        extra=("spectrum_fusion.filter.weight", r"1 keys rvos's ReferFormer does not have .*spectrum_fusion"),
+        missing=("pixel_decoder.layer_1.weight", r"1 keys missing: pixel_decoder.layer_1.weight"),
+        wrong=("pixel_decoder.layer_1.weight", (256, 256, 1, 1),
+               r"wrong shape: pixel_decoder.layer_1.weight \(256, 256, 1, 1\)"))
     other = {k: v for k, v in state.items() if not k.startswith("query_embed")}
     with pytest.raises(RVOSError, match="not a ReferFormer-layout checkpoint: it lacks query_embed.weight"):
         config_from_state(other)
@@ -145,12 +138,7 @@ def tiny_config(**inference) -> ReferFormerConfig:
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    model = ReferFormer(tiny_config(frame_chunk=2, channels_last=False)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if bool((p == p.flatten()[0]).all()):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model
+    return perturb_constants(ReferFormer(tiny_config(frame_chunk=2, channels_last=False)).eval())
 
 
 def test_chunks_sentences_and_layout_do_not_change_the_outputs(tiny_model):
@@ -207,57 +195,15 @@ def test_video_swin_referformer_runs_prepared():
     assert torch.allclose(chunked.masks, whole.masks, atol=1e-4)     # the backbone saw the clip
 
 
-def write_official_checkpoint(path: Path, model: ReferFormer) -> None:
-    """``model``'s weights under the official names, as the official training saves them."""
-    state = {("backbone.0." + k[len("backbone."):] if k.startswith("backbone.") else k): v
-             for k, v in model.state_dict().items()}
-    state.update({f"transformer.decoder.{k}": v for k, v in model.state_dict().items()
-                  if k.startswith("bbox_embed.")})
-    torch.save({"model": state, "epoch": 5, "args": argparse.Namespace(backbone="resnet50")}, path)
-
-
-def byte_level_tokenizer(folder: Path) -> Path:
-    """A real RoBERTa (byte-level BPE) tokenizer with a tiny vocabulary, trained here: the
-    released roberta-base files cannot be downloaded in tests."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(["a red car on the left", "the dog jumping", "a person riding"] * 4,
-                            vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    folder.mkdir()
-    tok.save_model(str(folder))
-    return folder
-
-
 def test_convert_then_predict_a_video(tmp_path, tiny_model):
     """rvos convert of an official-layout .pth, then rvos predict with the result."""
-    import av
-
-    tokenizer = byte_level_tokenizer(tmp_path / "tokenizer")
     cfg = tiny_config()
     cfg.text.vocab_size = 300
     torch.manual_seed(3)
     model = ReferFormer(cfg)
     write_official_checkpoint(tmp_path / "checkpoint.pth", model)
-    assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "rf"),
-                 "--tokenizer", str(tokenizer)]) == 0
+    out = convert_then_predict(tmp_path, tmp_path / "checkpoint.pth", "rf", 4, ["a red car", "the dog"])
     assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "rf")]) == 2
-
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("mpeg4", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
-        for i in range(4):
-            img = np.zeros((72, 96, 3), np.uint8)
-            img[:, 10 * i:10 * i + 30] = 200
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(tmp_path / "rf.safetensors"), "--video", str(video),
-                 "--text", "a red car", "--text", "the dog", "--out", str(out), "--no-gif", "--quiet"]) == 0
-    assert len(list((out / "masks" / "0").glob("*.png"))) == 4
     assert (out / "overlay.mp4").is_file()
 
     # the converted checkpoint reproduces the source model's outputs
@@ -266,11 +212,7 @@ def test_convert_then_predict_a_video(tmp_path, tiny_model):
     predictor = Predictor.from_checkpoint(tmp_path / "rf.safetensors", "cpu")
     assert predictor.short_side == 360 and predictor.window > 10**6   # the official recipe
     predictor.model.prepare_for_inference()                           # a second time: no-op
-    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
-    frames = torch.randn(1, 3, 3, 64, 96)
-    with torch.no_grad():
-        a = model.eval().predict(frames, ids, mask)
-        b = predictor.model.predict(frames, ids, mask)
+    a, b = predict_both(model, predictor.model, torch.randn(1, 3, 3, 64, 96))
     assert torch.allclose(a.masks, b.masks, atol=1e-3) and torch.allclose(a.logits, b.logits, atol=1e-5)
 
 
@@ -303,51 +245,20 @@ def test_referformer_configs_do_not_train(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-OFFICIAL = os.environ.get("RVOS_REFERFORMER_OFFICIAL", "")
+OFFICIAL = official_checkout("RVOS_REFERFORMER_OFFICIAL", "models/referformer.py")
 
 
-@pytest.mark.skipif(not (Path(OFFICIAL) / "models" / "referformer.py").is_file() or not OFFICIAL,
-                    reason="RVOS_REFERFORMER_OFFICIAL is not set to a ReferFormer checkout "
-                           "(with models/, util/ and opts.py) to compare against")
+@pytest.mark.skipif(not OFFICIAL, reason="RVOS_REFERFORMER_OFFICIAL is not set to a ReferFormer checkout "
+                                         "(with models/, util/ and opts.py) to compare against")
 def test_live_equivalence_with_the_official_model(tmp_path):
     """The official ResNet-50 model (random weights) saved in its own format, converted, and
     run on the same frames and token ids: the same outputs (benchmarks/referformer_parity.py
     measures the full 360x640 case and the speed)."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).parents[1] / "benchmarks" / "referformer_parity.py"
-    code = f"""
-import sys, torch
-sys.argv = [sys.argv[0]]
-sys.path.insert(0, {str(script.parent)!r})
-import referformer_parity as rp
-from pathlib import Path
-build, options = rp.import_official(Path({OFFICIAL!r}))
-torch.manual_seed(0)
-model, _, _ = build(rp.official_options(options, "resnet50"))
-model.eval()
-ids = torch.tensor([rp.SENTENCE_IDS])
-model.tokenizer = rp.FixedTokens(ids)
-with torch.no_grad():
-    for name, p in model.named_parameters():
-        if "norm" not in name and not name.startswith("text_encoder") and bool((p == p.flatten()[0]).all()):
-            p.add_(torch.randn_like(p) * 0.02)
-torch.save({{"model": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
-frames = rp.make_frames(3, (128, 224))
-torch.save(frames, {str(tmp_path / "frames.pt")!r})
-with torch.no_grad():
-    out = model([frames], ["x"], [{{"size": torch.as_tensor(frames.shape[-2:])}}])
-torch.save([out["pred_logits"], out["pred_boxes"], out["pred_masks"]], {str(tmp_path / "official_out.pt")!r})
-"""
-    # the official code is imported in a child process: its modules stay out of this one
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    official_referformer_outputs(tmp_path, OFFICIAL)
     assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "rf")]) == 0
-    from rvos.inference import Predictor
-
-    model = Predictor.from_checkpoint(tmp_path / "rf", "cpu").model
+    model = converted_model(tmp_path / "rf")
     frames = torch.load(tmp_path / "frames.pt")
-    ids = torch.tensor([[0, 627, 1275, 512, 15, 5, 314, 9, 5, 2170, 2]])
+    ids = torch.tensor(SENTENCE_IDS)
     with torch.no_grad():
         pred = model.predict(frames[None], ids, torch.ones_like(ids))
     logits, boxes, masks = torch.load(tmp_path / "official_out.pt")

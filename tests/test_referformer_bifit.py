@@ -10,13 +10,10 @@ LANMNG/BIFIT (benchmarks/bifit_parity.py measures the full-size case and the spe
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -29,7 +26,11 @@ from rvos.models.referformer.bifit.model import BIFIT, InterFrameLayer, WordsToC
 from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
                                             ReferFormerTextConfig)
 from rvos.models.referformer.families import detect_family
-from test_referformer import byte_level_tokenizer
+from referformer_helpers import (SENTENCE_IDS, assert_conversion_refuses, convert_then_predict,
+                                 converted_model, meta_state,
+                                 official_checkout, official_referformer_outputs,
+                                 perturb_constants, predict_both, write_official_checkpoint,
+                                 zeros_state)
 
 KEYS = json.loads((Path(__file__).parent / "data" / "bifit_official_keys.json").read_text())
 REFERFORMER_KEYS = json.loads((Path(__file__).parent / "data" / "referformer_official_keys.json").read_text())
@@ -38,15 +39,11 @@ REFERFORMER_KEYS = json.loads((Path(__file__).parent / "data" / "referformer_off
 def official_state(backbone: str = "resnet50", keys: dict = KEYS) -> dict[str, torch.Tensor]:
     """A state dict with the official names and shapes (zeros, broadcast: no memory), plus
     the buffer older transformers versions saved in released checkpoints."""
-    zero = torch.zeros(())
-    state = {k: zero.expand(shape) for k, shape in keys["models"][backbone].items()}
-    state["text_encoder.embeddings.position_ids"] = torch.arange(514)[None]
-    return state
+    return zeros_state(keys["models"][backbone], broadcast=True)
 
 
 def expected_state(cfg: ReferFormerConfig) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return BIFIT(cfg).state_dict()
+    return meta_state(BIFIT, cfg)
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "video_swin_t"])
@@ -91,16 +88,13 @@ def test_bad_checkpoints_name_the_problem():
     state = official_state()
     cfg = config_from_state(state)
     expected = expected_state(cfg)
-    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"1 keys rvos's BIFIT does not have .*spectrum_fusion"):
-        convert_state(extra, expected)
     key = "transformer.decoder.query_encoder_layers.0.norm2.bias"
-    missing = {k: v for k, v in state.items() if k != key}
-    with pytest.raises(RVOSError, match=rf"1 keys missing: {key}"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"poolout_module.dense.weight": torch.zeros(256, 128)})
-    with pytest.raises(RVOSError, match=r"wrong shape: poolout_module.dense.weight \(256, 128\)"):
-        convert_state(wrong, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected, twin=False,
+        extra=("spectrum_fusion.filter.weight", r"1 keys rvos's BIFIT does not have .*spectrum_fusion"),
+        missing=(key, rf"1 keys missing: {key}"),
+        wrong=("poolout_module.dense.weight", (256, 128),
+               r"wrong shape: poolout_module.dense.weight \(256, 128\)"))
     no_pool = {k: v for k, v in state.items() if not k.startswith("poolout_module.")}
     assert detect(no_pool)                      # still BIFIT's, and told what it lacks
     with pytest.raises(RVOSError, match="not a BIFIT checkpoint: it lacks poolout_module.dense.weight"):
@@ -108,6 +102,7 @@ def test_bad_checkpoints_name_the_problem():
     ffn = dict(state, **{"transformer.decoder.query_encoder_layers.0.linear1.weight": torch.zeros(1024, 256)})
     with pytest.raises(RVOSError, match=r"FFN width \(1024\) is not the transformer's dim_feedforward \(2048\)"):
         config_from_state(ffn)
+    extra = dict(state, **{"spectrum_fusion.filter.weight": torch.zeros(3)})
     with pytest.raises(RVOSError) as info:                 # one line, naming the file once
         convert_state(extra, expected, Path("ckpt.pth"))
     assert str(info.value).startswith("ckpt.pth: ") and "\n" not in str(info.value)
@@ -156,11 +151,7 @@ def tiny_config(**inference) -> ReferFormerConfig:
 
 def perturbed(model: nn.Module) -> nn.Module:
     """No constant-initialised part left degenerate (zero biases, uniform attention)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if bool((p == p.flatten()[0]).all()):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model
+    return perturb_constants(model)
 
 
 @pytest.fixture(scope="module")
@@ -216,41 +207,12 @@ def test_frames_of_the_clip_interact_in_the_decoder(tiny_model):
     assert not torch.allclose(c.logits[0, 0], d.logits[0, 0], atol=1e-6)
 
 
-def write_official_checkpoint(path: Path, model: BIFIT) -> None:
-    """``model``'s weights under the official names, as the official training saves them."""
-    state = {("backbone.0." + k[len("backbone."):] if k.startswith("backbone.") else k): v
-             for k, v in model.state_dict().items()}
-    state.update({f"transformer.decoder.{k}": v for k, v in model.state_dict().items()
-                  if k.startswith("bbox_embed.")})
-    torch.save({"model": state, "epoch": 5, "args": argparse.Namespace(backbone="resnet50")}, path)
-
-
 def test_convert_then_predict_a_video(tmp_path):
     """rvos convert of a BIFIT-layout .pth, then rvos predict with the result."""
-    import av
-
-    tokenizer = byte_level_tokenizer(tmp_path / "tokenizer")
     torch.manual_seed(3)
     model = perturbed(BIFIT(tiny_config()))
     write_official_checkpoint(tmp_path / "checkpoint.pth", model)
-    assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "bifit"),
-                 "--tokenizer", str(tokenizer)]) == 0
-
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("mpeg4", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
-        for i in range(2):
-            img = np.zeros((72, 96, 3), np.uint8)
-            img[:, 10 * i:10 * i + 30] = 200
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(tmp_path / "bifit.safetensors"), "--video", str(video),
-                 "--text", "a red car", "--out", str(out), "--no-gif", "--quiet"]) == 0
-    assert len(list((out / "masks" / "0").glob("*.png"))) == 2
+    out = convert_then_predict(tmp_path, tmp_path / "checkpoint.pth", "bifit", 2, ["a red car"])
     assert (out / "overlay.mp4").is_file()
 
     from rvos.inference import Predictor
@@ -259,11 +221,7 @@ def test_convert_then_predict_a_video(tmp_path):
     assert isinstance(predictor.model, BIFIT)
     assert predictor.model.cfg.family == "bifit" and predictor.model.cfg.bifit.query_enc_layers == 1
     assert predictor.short_side == 360 and predictor.window > 10**6   # the official recipe
-    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
-    frames = torch.randn(1, 3, 3, 64, 96)
-    with torch.no_grad():
-        a = model.eval().predict(frames, ids, mask)
-        b = predictor.model.predict(frames, ids, mask)
+    a, b = predict_both(model, predictor.model, torch.randn(1, 3, 3, 64, 96))
     assert torch.allclose(a.masks, b.masks, atol=1e-3) and torch.allclose(a.logits, b.logits, atol=1e-5)
 
 
@@ -278,51 +236,20 @@ def test_config_rule_for_the_inter_frame_layers(tmp_path):
     assert any("model.referformer.bifit.query_enc_layers" in e for e in config_errors(bad))
 
 
-OFFICIAL = os.environ.get("RVOS_BIFIT_OFFICIAL", "")
+OFFICIAL = official_checkout("RVOS_BIFIT_OFFICIAL", "models/referformer.py")
 
 
-@pytest.mark.skipif(not OFFICIAL or not (Path(OFFICIAL) / "models" / "referformer.py").is_file(),
-                    reason="RVOS_BIFIT_OFFICIAL is not set to a BIFIT checkout (with models/, "
-                           "util/ and opts.py) to compare against")
+@pytest.mark.skipif(not OFFICIAL, reason="RVOS_BIFIT_OFFICIAL is not set to a BIFIT checkout (with models/, "
+                                         "util/ and opts.py) to compare against")
 def test_live_equivalence_with_the_official_model(tmp_path):
     """The official ResNet-50 BIFIT (random weights) saved in its own format, converted, and
     run on the same frames (128x224, T=3) and token ids: the same outputs."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).parents[1] / "benchmarks" / "referformer_parity.py"
-    code = f"""
-import sys, torch
-sys.argv = [sys.argv[0]]
-sys.path.insert(0, {str(script.parent)!r})
-import referformer_parity as rp
-from pathlib import Path
-build, options = rp.import_official(Path({OFFICIAL!r}))
-torch.manual_seed(0)
-model, _, _ = build(rp.official_options(options, "resnet50"))
-model.eval()
-ids = torch.tensor([rp.SENTENCE_IDS])
-model.tokenizer = rp.FixedTokens(ids)
-with torch.no_grad():
-    for name, p in model.named_parameters():
-        if "norm" not in name and not name.startswith("text_encoder") and bool((p == p.flatten()[0]).all()):
-            p.add_(torch.randn_like(p) * 0.02)
-torch.save({{"model": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
-frames = rp.make_frames(3, (128, 224))
-torch.save(frames, {str(tmp_path / "frames.pt")!r})
-with torch.no_grad():
-    out = model([frames], ["x"], [{{"size": torch.as_tensor(frames.shape[-2:])}}])
-torch.save([out["pred_logits"], out["pred_boxes"], out["pred_masks"]], {str(tmp_path / "official_out.pt")!r})
-"""
-    # the official code is imported in a child process: its modules stay out of this one
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    official_referformer_outputs(tmp_path, OFFICIAL)
     assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "bifit")]) == 0
-    from rvos.inference import Predictor
-
-    model = Predictor.from_checkpoint(tmp_path / "bifit", "cpu").model
+    model = converted_model(tmp_path / "bifit")
     assert isinstance(model, BIFIT)
     frames = torch.load(tmp_path / "frames.pt")
-    ids = torch.tensor([[0, 627, 1275, 512, 15, 5, 314, 9, 5, 2170, 2]])
+    ids = torch.tensor(SENTENCE_IDS)
     logits, boxes, masks = torch.load(tmp_path / "official_out.pt")
     for chunk in (4, 2):                      # the default schedule, and frames split across chunks
         model.cfg.inference.frame_chunk = chunk

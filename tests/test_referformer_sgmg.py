@@ -9,13 +9,10 @@ live comparison with the official code runs when RVOS_SGMG_OFFICIAL names a chec
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +25,11 @@ from rvos.models.referformer.families import detect_family
 from rvos.models.referformer.sgmg import (MaskRefiner, SgMg, SpectralFilter, centre_gaussian,
                                           config_from_state, convert_state, dynamic_mask_features,
                                           masked_sine_position_2d)
+from referformer_helpers import (BENCHMARKS, SENTENCE_IDS, as_not_binary_without_box_refinement,
+                                 assert_conversion_refuses,
+                                 convert_then_predict, meta_state, official_checkout,
+                                 perturb_constants, predict_both, run_child,
+                                 write_official_checkpoint, zeros_state)
 
 DATA = Path(__file__).parent / "data"
 KEYS = json.loads((DATA / "sgmg_official_keys.json").read_text())
@@ -36,14 +38,11 @@ KEYS = json.loads((DATA / "sgmg_official_keys.json").read_text())
 def official_state(backbone: str) -> dict[str, torch.Tensor]:
     """Zeros with the official names and shapes, plus the buffer some transformers versions save."""
     shapes = {**KEYS["backbones"][backbone], **KEYS["text_encoder"]}
-    state = {k: torch.zeros(shape) for k, shape in shapes.items()}
-    state["text_encoder.text_backbone.embeddings.position_ids"] = torch.arange(514)[None]
-    return state
+    return zeros_state(shapes, "text_encoder.text_backbone.embeddings.position_ids")
 
 
 def expected_state(cfg: ReferFormerConfig) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return SgMg(cfg).state_dict()
+    return meta_state(SgMg, cfg)
 
 
 @pytest.mark.parametrize("backbone", ["video_swin_t", "video_swin_b", "resnet50"])
@@ -69,10 +68,7 @@ def test_official_keys_all_map_with_their_shapes(backbone):
 
 def test_architecture_is_read_from_shapes():
     state = official_state("video_swin_t")
-    for k in [k for k in state if k.startswith("class_embed.")]:
-        state[k] = torch.zeros((65,) + tuple(state[k].shape[1:]))      # not --binary
-    for k in [k for k in state if k.startswith("transformer.decoder.bbox_embed.")]:
-        del state[k]                                                   # no box refinement
+    as_not_binary_without_box_refinement(state)
     cfg = config_from_state(state)
     assert cfg.num_classes == 65 and not cfg.with_box_refine
     convert_state(state, expected_state(cfg))
@@ -81,18 +77,12 @@ def test_architecture_is_read_from_shapes():
 def test_bad_checkpoints_name_the_problem():
     state = official_state("video_swin_t")
     expected = expected_state(config_from_state(state))
-    extra = dict(state, **{"pixel_decoder.mask_features.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"^1 keys rvos's SgMg does not have .*pixel_decoder.mask_features"):
-        convert_state(extra, expected)
-    missing = {k: v for k, v in state.items() if k != "input_fft.2.laplace.weight"}
-    with pytest.raises(RVOSError, match=r"^1 keys missing: input_fft.2.laplace.weight"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"mask_refine.conv1_1div8.weight": torch.zeros(16, 16, 3, 3)})
-    with pytest.raises(RVOSError, match=r"wrong shape: mask_refine.conv1_1div8.weight \(16, 16, 3, 3\)"):
-        convert_state(wrong, expected)
-    twin = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
-    with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
-        convert_state(twin, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected,
+        extra=("pixel_decoder.mask_features.weight", r"^1 keys rvos's SgMg does not have .*pixel_decoder.mask_features"),
+        missing=("input_fft.2.laplace.weight", r"^1 keys missing: input_fft.2.laplace.weight"),
+        wrong=("mask_refine.conv1_1div8.weight", (16, 16, 3, 3),
+               r"wrong shape: mask_refine.conv1_1div8.weight \(16, 16, 3, 3\)"))
     other = {k: v for k, v in state.items() if not k.startswith("sentence_proj")}
     with pytest.raises(RVOSError, match="not an SgMg checkpoint: it lacks sentence_proj.fc.weight"):
         config_from_state(other)
@@ -195,11 +185,8 @@ def tiny_config(**inference) -> ReferFormerConfig:
 
 
 def noisy(model: SgMg) -> SgMg:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name and bool((p == p.flatten()[0]).all()):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model
+    """No constant-initialised part outside the norms left degenerate."""
+    return perturb_constants(model, skip_norms=True)
 
 
 @pytest.fixture(scope="module")
@@ -239,97 +226,57 @@ def test_too_small_frames_are_one_clear_error(tiny_model):
         tiny_model.predict(torch.randn(1, 2, 3, 64, 96), ids, mask)
 
 
-def write_official_checkpoint(path: Path, model: SgMg) -> None:
-    """``model``'s weights under the official names, as the official training saves them."""
-    def official(k: str) -> str:
-        if k.startswith("backbone."):
-            return "backbone.0." + k[len("backbone."):]
-        if k.startswith("text_encoder."):
-            return "text_encoder.text_backbone." + k[len("text_encoder."):]
-        return k
-    state = {official(k): v for k, v in model.state_dict().items()}
-    state.update({f"transformer.decoder.{k}": v for k, v in model.state_dict().items()
-                  if k.startswith("bbox_embed.")})
-    torch.save({"model": state, "epoch": 5, "args": argparse.Namespace(backbone="resnet50")}, path)
+def official_text_name(k: str) -> str:
+    """SgMg's official name of a non-backbone weight: RoBERTa under ``text_encoder.text_backbone``."""
+    if k.startswith("text_encoder."):
+        return "text_encoder.text_backbone." + k[len("text_encoder."):]
+    return k
 
 
 def test_convert_then_predict_a_video(tmp_path):
     """rvos convert of an official-layout SgMg .pth, then rvos predict with the result."""
-    import av
-
-    from tests.test_referformer import byte_level_tokenizer
-
-    tokenizer = byte_level_tokenizer(tmp_path / "tokenizer")
     cfg = tiny_config()
     cfg.text.vocab_size = 300
     torch.manual_seed(3)
     model = noisy(SgMg(cfg))
-    write_official_checkpoint(tmp_path / "checkpoint.pth", model)
-    assert main(["convert", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "sg"),
-                 "--tokenizer", str(tokenizer)]) == 0
-
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("mpeg4", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
-        for i in range(3):
-            img = np.zeros((72, 96, 3), np.uint8)
-            img[:, 10 * i:10 * i + 30] = 200
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(tmp_path / "sg.safetensors"), "--video", str(video),
-                 "--text", "a red car", "--out", str(out), "--no-gif", "--quiet"]) == 0
-    assert len(list((out / "masks" / "0").glob("*.png"))) == 3
+    write_official_checkpoint(tmp_path / "checkpoint.pth", model, official_text_name)
+    convert_then_predict(tmp_path, tmp_path / "checkpoint.pth", "sg", 3, ["a red car"])
 
     from rvos.inference import Predictor
 
     predictor = Predictor.from_checkpoint(tmp_path / "sg.safetensors", "cpu")
     assert isinstance(predictor.model, SgMg) and predictor.model.cfg.family == "sgmg"
     assert predictor.short_side == 360 and predictor.window > 10**6   # the official recipe
-    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
-    frames = torch.randn(1, 2, 3, 136, 200)
-    with torch.no_grad():
-        a = model.eval().predict(frames, ids, mask)
-        b = predictor.model.predict(frames, ids, mask)
+    a, b = predict_both(model, predictor.model, torch.randn(1, 2, 3, 136, 200))
     assert torch.equal(a.query, b.query)
     assert torch.allclose(a.masks, b.masks, atol=1e-3) and torch.allclose(a.logits, b.logits, atol=1e-5)
 
 
-OFFICIAL = os.environ.get("RVOS_SGMG_OFFICIAL", "")
+OFFICIAL = official_checkout("RVOS_SGMG_OFFICIAL", "models/sgmg.py")
 
 
-@pytest.mark.skipif(not OFFICIAL or not (Path(OFFICIAL) / "models" / "sgmg.py").is_file(),
-                    reason="RVOS_SGMG_OFFICIAL is not set to an SgMg checkout "
-                           "(with models/, util/ and opts.py) to compare against")
+@pytest.mark.skipif(not OFFICIAL, reason="RVOS_SGMG_OFFICIAL is not set to an SgMg checkout "
+                                         "(with models/, util/ and opts.py) to compare against")
 @pytest.mark.parametrize("backbone", ["resnet50"])
 def test_live_equivalence_with_the_official_model(tmp_path, backbone):
     """The official model (random weights) saved in its own format, converted, and run on the
     same frames (184x328: padded to 192x336 in both directions) and token ids: the same
     outputs (benchmarks/sgmg_parity.py measures 360x640 and the speed)."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).parents[1]
-    code = f"""
+    run_child(f"""
 import sys, torch
 sys.argv = [sys.argv[0]]
-sys.path.insert(0, {str(root)!r})
+sys.path.insert(0, {str(BENCHMARKS.parent)!r})
 from pathlib import Path
-from benchmarks import sgmg_parity as sp
-ids = torch.tensor([sp.SENTENCE_IDS])
+from benchmarks import referformer_parity as rp, sgmg_parity as sp
+ids = torch.tensor([rp.SENTENCE_IDS])
 model = sp.build_official(Path({OFFICIAL!r}), {backbone!r}, 0, ids)
 torch.save({{"model": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
-frames = sp.make_frames(3, (184, 328))
+frames = rp.make_frames(3, (184, 328))
 torch.save(frames, {str(tmp_path / "frames.pt")!r})
 with torch.no_grad():
     out = sp.official_runner(model)(frames)
 torch.save([o.float() for o in out], {str(tmp_path / "official_out.pt")!r})
-"""
-    # the official code is imported in a child process: its modules stay out of this one
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+""")
     assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "sg")]) == 0
     from rvos.engine.checkpoint import load_checkpoint, load_weights_into
     from rvos.models.build import build_model
@@ -339,7 +286,7 @@ torch.save([o.float() for o in out], {str(tmp_path / "official_out.pt")!r})
     load_weights_into(model, checkpoint, tmp_path / "sg")
     model.prepare_for_inference()                  # as rvos predict runs it
     frames = torch.load(tmp_path / "frames.pt")
-    ids = torch.tensor([[0, 627, 1275, 512, 15, 5, 314, 9, 5, 2170, 2]])
+    ids = torch.tensor(SENTENCE_IDS)
     with torch.no_grad():
         pred = model.predict(frames[None], ids, torch.ones_like(ids))
     all_logits, query, logits, boxes, masks = torch.load(tmp_path / "official_out.pt")

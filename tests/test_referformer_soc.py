@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -28,6 +27,10 @@ from rvos.models.referformer.families import FAMILIES, detect_family
 from rvos.models.referformer.soc import (SOC, SpatialDecoder, VideoObjectClusters,
                                          config_from_state, convert_state, detect)
 from rvos.models.referformer.soc_config import SOCConfig
+from referformer_helpers import (BENCHMARKS, SENTENCE_IDS, assert_conversion_refuses,
+                                 convert_then_predict, converted_model,
+                                 meta_state, official_checkout, official_layout_state,
+                                 perturb_constants, predict_both, run_child, zeros_state)
 
 DATA = Path(__file__).parent / "data"
 KEYS = json.loads((DATA / "soc_official_keys.json").read_text())
@@ -36,15 +39,13 @@ KEYS = json.loads((DATA / "soc_official_keys.json").read_text())
 def official_state(backbone: str) -> dict[str, torch.Tensor]:
     """Zeros with the official names and shapes, plus what released files also hold: the
     buffer older transformers versions saved, and FLOP-counter buffers."""
-    state = {k: torch.zeros(shape) for k, shape in KEYS["models"][backbone].items()}
-    state["text_encoder.embeddings.position_ids"] = torch.arange(514)[None]
+    state = zeros_state(KEYS["models"][backbone])
     state["voc.decoder_norm.total_ops"] = torch.zeros(1)
     return state
 
 
 def expected_state(cfg: ReferFormerConfig) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return SOC(cfg).state_dict()
+    return meta_state(SOC, cfg)
 
 
 @pytest.mark.parametrize("backbone", ["video_swin_t", "video_swin_b"])
@@ -85,18 +86,12 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     state = official_state("video_swin_t")
     cfg = config_from_state(state)
     expected = expected_state(cfg)
-    extra = dict(state, **{"voc.temporal_gate.weight": torch.zeros(3)})
-    with pytest.raises(RVOSError, match=r"1 keys rvos's SOC does not have .*voc.temporal_gate"):
-        convert_state(extra, expected)
-    missing = {k: v for k, v in state.items() if k != "spatial_decoder.adapter3.weight"}
-    with pytest.raises(RVOSError, match=r"^1 keys missing: spatial_decoder.adapter3.weight$"):
-        convert_state(missing, expected)
-    wrong = dict(state, **{"voc.fq_pos.weight": torch.zeros(10, 256)})
-    with pytest.raises(RVOSError, match=r"wrong shape: voc.fq_pos.weight \(10, 256\) \(expected \(20, 256\)\)"):
-        convert_state(wrong, expected)
-    twin = dict(state, **{"transformer.decoder.bbox_embed.0.layers.0.weight": torch.ones(256, 256)})
-    with pytest.raises(RVOSError, match="differs from bbox_embed.0.layers.0.weight"):
-        convert_state(twin, expected)
+    assert_conversion_refuses(
+        convert_state, state, expected,
+        extra=("voc.temporal_gate.weight", r"1 keys rvos's SOC does not have .*voc.temporal_gate"),
+        missing=("spatial_decoder.adapter3.weight", r"^1 keys missing: spatial_decoder.adapter3.weight$"),
+        wrong=("voc.fq_pos.weight", (10, 256),
+               r"wrong shape: voc.fq_pos.weight \(10, 256\) \(expected \(20, 256\)\)"))
     other = {k: v for k, v in state.items() if not k.startswith("txt_proj.")}
     with pytest.raises(RVOSError, match="not an SOC checkpoint: it lacks txt_proj.fc.weight"):
         config_from_state(other)
@@ -169,11 +164,8 @@ def tiny_config(**inference) -> ReferFormerConfig:
 
 
 def randomised(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            if bool((p == p.flatten()[0]).all()):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model.eval()
+    """No constant-initialised part left degenerate; in eval mode."""
+    return perturb_constants(model).eval()
 
 
 @pytest.fixture(scope="module")
@@ -217,82 +209,51 @@ def write_official_checkpoint(path: Path, model: SOC) -> None:
     """``model``'s weights under the official names, as SOC's trainer saves them (with the
     decoder's box-head twins and the language-side fusion that inference does not use)."""
     sd = model.state_dict()
-    state = {("backbone.0." + k[len("backbone."):] if k.startswith("backbone.") else k): v
-             for k, v in sd.items()}
-    state.update({f"transformer.decoder.{k}": v for k, v in sd.items() if k.startswith("bbox_embed.")})
+    state = official_layout_state(model)
     state.update({k.replace("vlf.", "lvf."): torch.randn_like(v) for k, v in sd.items()
                   if k.startswith("vlf.")})
     torch.save({"epoch": 5, "model_state_dict": state, "optimizer_state_dict": {}}, path)
 
 
 def test_convert_then_predict_a_video(tmp_path):
-    import av
-
-    from tests.test_referformer import byte_level_tokenizer
-
-    tokenizer = byte_level_tokenizer(tmp_path / "tokenizer")
     cfg = tiny_config()
     cfg.text.vocab_size = 300
     torch.manual_seed(3)
     model = randomised(SOC(cfg))
     write_official_checkpoint(tmp_path / "soc.pth.tar", model)
-    assert main(["convert", str(tmp_path / "soc.pth.tar"), "--out", str(tmp_path / "soc"),
-                 "--tokenizer", str(tokenizer)]) == 0
-
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("mpeg4", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
-        for i in range(4):
-            img = np.zeros((72, 96, 3), np.uint8)
-            img[:, 10 * i:10 * i + 30] = 200
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(tmp_path / "soc.safetensors"), "--video", str(video),
-                 "--text", "a red car", "--text", "the dog", "--out", str(out), "--no-gif", "--quiet"]) == 0
-    assert len(list((out / "masks" / "0").glob("*.png"))) == 4
+    convert_then_predict(tmp_path, tmp_path / "soc.pth.tar", "soc", 4, ["a red car", "the dog"])
 
     from rvos.inference import Predictor
 
     predictor = Predictor.from_checkpoint(tmp_path / "soc.safetensors", "cpu")
     assert isinstance(predictor.model, SOC)
     assert (predictor.short_side, predictor.max_size) == (360, 640) and predictor.window > 10**6
-    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
-    frames = torch.randn(1, 3, 3, 64, 96)
-    with torch.no_grad():
-        a = model.predict(frames, ids, mask)
-        b = predictor.model.predict(frames, ids, mask)
+    a, b = predict_both(model, predictor.model, torch.randn(1, 3, 3, 64, 96))
     for x, y in ((a.logits, b.logits), (a.boxes, b.boxes), (a.masks, b.masks)):
         assert torch.equal(x, y)
 
 
-OFFICIAL = os.environ.get("RVOS_SOC_OFFICIAL", "")
+OFFICIAL = official_checkout("RVOS_SOC_OFFICIAL", "models/soc.py")
 
 
-@pytest.mark.skipif(not OFFICIAL or not (Path(OFFICIAL) / "models" / "soc.py").is_file(),
+@pytest.mark.skipif(not OFFICIAL,
                     reason="RVOS_SOC_OFFICIAL is not set to a NeurIPS2023_SOC checkout to compare against")
 def test_live_equivalence_with_the_official_model(tmp_path):
     """The official Video-Swin-T SOC (random weights, its own initialisation) saved in its
     own format, converted, and run on the same 3 frames of 128x224 and token ids
     (benchmarks/soc_parity.py measures 360x640 and the speed)."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).parents[1] / "benchmarks" / "soc_parity.py"
-    code = f"""
+    run_child(f"""
 import sys, torch
 sys.argv = [sys.argv[0]]
-sys.path.insert(0, {str(script.parent)!r})
+sys.path.insert(0, {str(BENCHMARKS)!r})
+import referformer_parity as rp
 import soc_parity as sp
 from pathlib import Path
 model = sp.build_official(Path({OFFICIAL!r}), "video_swin_t", 0)
-ids = torch.tensor([sp.SENTENCE_IDS])
-model.tokenizer = sp.FixedTokens(ids)
+ids = torch.tensor([rp.SENTENCE_IDS])
+model.tokenizer = rp.FixedTokens(ids)
 torch.save({{"model_state_dict": model.state_dict()}}, {str(tmp_path / "official.pth")!r})
-frames = sp.make_frames(3, (128, 224))
+frames = rp.make_frames(3, (128, 224))
 torch.save(frames, {str(tmp_path / "frames.pt")!r})
 import misc
 with torch.no_grad():
@@ -300,16 +261,11 @@ with torch.no_grad():
                 [[{{"size": torch.as_tensor(frames.shape[-2:])}}] for _ in range(3)])
 torch.save([out[k].transpose(0, 1) for k in ("pred_cls", "pred_boxes", "pred_masks")],
            {str(tmp_path / "official_out.pt")!r})
-"""
-    # the official code is imported in a child process: its modules stay out of this one
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(script.parents[1])})
+""", env={**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)})
     assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "soc")]) == 0
-    from rvos.inference import Predictor
-
-    model = Predictor.from_checkpoint(tmp_path / "soc", "cpu").model
+    model = converted_model(tmp_path / "soc")
     frames = torch.load(tmp_path / "frames.pt")
-    ids = torch.tensor([[0, 627, 1275, 512, 15, 5, 314, 9, 5, 2170, 2]])
+    ids = torch.tensor(SENTENCE_IDS)
     with torch.no_grad():
         pred = model.predict(frames[None], ids, torch.ones_like(ids))
     logits, boxes, masks = torch.load(tmp_path / "official_out.pt")
