@@ -109,6 +109,19 @@ class ReleasedModel(nn.Module):
         tokens = self._tokenizer(texts, padding="longest", return_tensors="pt")
         return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
 
+    @staticmethod
+    def _video_of_text(video_of_text: Tensor | None, k_count: int, v_count: int,
+                       device: torch.device) -> Tensor:
+        """The video of each of K sentences (K,) long, checked to index the V videos;
+        default: sentence k on video k."""
+        if video_of_text is None:
+            if k_count != v_count:
+                raise ValueError(f"{k_count} sentences for {v_count} videos: pass video_of_text")
+            return torch.arange(k_count, device=device)
+        if k_count and not 0 <= int(video_of_text.min()) <= int(video_of_text.max()) < v_count:
+            raise ValueError(f"video_of_text must index the {v_count} videos, got {video_of_text.tolist()}")
+        return video_of_text
+
     def _chunks(self, t: int) -> list[slice]:
         size = self.cfg.inference.frame_chunk or t
         return [slice(s, min(s + size, t)) for s in range(0, t, size)]
@@ -208,12 +221,7 @@ class ReferFormer(ReleasedModel):
         long (default: sentence k on video k) -> :class:`ReferFormerPredictions`."""
         v_count, t, _, h, w = frames.shape
         k_count = input_ids.shape[0]
-        if video_of_text is None:
-            if k_count != v_count:
-                raise ValueError(f"{k_count} sentences for {v_count} videos: pass video_of_text")
-            video_of_text = torch.arange(k_count, device=frames.device)
-        elif k_count and not 0 <= int(video_of_text.min()) <= int(video_of_text.max()) < v_count:
-            raise ValueError(f"video_of_text must index the {v_count} videos, got {video_of_text.tolist()}")
+        video_of_text = self._video_of_text(video_of_text, k_count, v_count, frames.device)
         words, word_pos, padding, sentence = self.encode_text(input_ids, attention_mask)
         results: list[tuple[Tensor, ReferFormerPredictions]] = []
         for v in range(v_count):

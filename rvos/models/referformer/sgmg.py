@@ -372,12 +372,7 @@ class SgMg(ReleasedModel):
         video_of_text (K,) long (default: sentence k on video k) -> :class:`SgMgPredictions`."""
         v_count = frames.shape[0]
         k_count = input_ids.shape[0]
-        if video_of_text is None:
-            if k_count != v_count:
-                raise ValueError(f"{k_count} sentences for {v_count} videos: pass video_of_text")
-            video_of_text = torch.arange(k_count, device=frames.device)
-        elif k_count and not 0 <= int(video_of_text.min()) <= int(video_of_text.max()) < v_count:
-            raise ValueError(f"video_of_text must index the {v_count} videos, got {video_of_text.tolist()}")
+        video_of_text = self._video_of_text(video_of_text, k_count, v_count, frames.device)
         words, word_pos, padding, sentence = self.encode_text(input_ids, attention_mask)
         out: list = [None] * k_count
         for v in range(v_count):
