@@ -320,7 +320,7 @@ RULES: dict[str, Rule] = {
     "model.query.sgmg.spectrum_sigma": POSITIVE_REAL,
     "model.query.sgmg.patch_size": COUNT,
     "model.query.sgmg.refine": one_of("best", "all"),
-    "model.grounding.backbone_dtype": one_of("float32", "bfloat16"),
+    "model.grounding.backbone_dtype": one_of("auto", "float32", "bfloat16"),
     "model.grounding.seg_dim": COUNT,
     "model.grounding.refine_dim": COUNT,
     "model.grounding.center_threshold": SHARE,

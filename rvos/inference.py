@@ -25,6 +25,7 @@ from rvos.data.transforms import preprocess_frames, preprocess_short_side
 from rvos.data.video_io import iter_frame_windows
 from rvos.errors import RVOSError
 from rvos.models.outputs import RVOSOutput
+from rvos.precision import autocast_dtype
 
 
 WHOLE_VIDEO = 1 << 30    # a window no video reaches: the whole video is one clip
@@ -37,17 +38,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RVOSError(f"device {name!r} asked for, but CUDA is not available here")
     return device
-
-
-def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """The autocast dtype on ``device``: bfloat16 on CPUs and on GPUs that support it
-    (Ampere and later), float16 on older GPUs (training pairs it with a GradScaler);
-    ``requested`` (bfloat16 | float16) overrides ``auto``."""
-    if requested != "auto":
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
 
 
 def select_referred(output: RVOSOutput) -> Tensor:
@@ -90,8 +80,9 @@ class Predictor:
 
     Frames are resized to ``input_size`` (H, W), or, with ``short_side``, keeping their
     aspect ratio to that shorter side (ReferFormer's recipe, for converted checkpoints).
-    ``amp``: the model runs under autocast (:func:`autocast_dtype`); the masks are upsampled
-    and thresholded in float32 either way.
+    ``amp``: the model runs under autocast where the device computes a reduced precision
+    natively (:func:`rvos.precision.autocast_dtype`; in float32 on other CPUs); the masks
+    are upsampled and thresholded in float32 either way.
     """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int], window: int = 8,
@@ -105,8 +96,8 @@ class Predictor:
         self.window = window
         self.short_side = short_side
         self.max_size = max_size          # with short_side: the longer side's cap (0: none)
-        self.amp = amp
         self.amp_dtype = autocast_dtype(self.device)
+        self.amp = amp and self.amp_dtype is not None
         self.support = None       # a few-shot checkpoint's support set (use_support)
 
     @classmethod

@@ -4,6 +4,7 @@ names, and the commands that refuse several processes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,19 +12,43 @@ import pytest
 import torch
 from torch import nn
 
+from rvos import precision
 from rvos.cli import main
-from rvos.inference import Predictor, autocast_dtype
+from rvos.inference import Predictor
 from rvos.models.outputs import RVOSOutput
+from rvos.precision import autocast_dtype, backbone_dtype
 
 
 def test_autocast_is_bf16_where_the_device_has_it_and_fp16_elsewhere(monkeypatch):
-    assert autocast_dtype(torch.device("cpu")) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert autocast_dtype(torch.device("cuda")) == torch.bfloat16      # Ampere and later
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(torch.device("cuda")) == torch.float16       # with a GradScaler
     assert autocast_dtype(torch.device("cuda"), "bfloat16") == torch.bfloat16
     assert autocast_dtype(torch.device("cpu"), "float16") == torch.float16
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_without_native_bf16_runs_float32_unless_bf16_is_asked(monkeypatch, native):
+    """On an AVX2-only CPU bfloat16 is emulated, an order of magnitude slower than float32."""
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) == (torch.bfloat16 if native else None)
+    assert backbone_dtype("auto", cpu) == ("bfloat16" if native else "float32")
+    assert autocast_dtype(cpu, "bfloat16") == torch.bfloat16
+    assert backbone_dtype("bfloat16", cpu) == "bfloat16"
+    assert backbone_dtype("float32", cpu) == "float32"
+
+
+def test_the_cpu_check_matches_the_cpu_flags():
+    flags = Path("/proc/cpuinfo")
+    if not flags.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    text = flags.read_text()
+    if "avx512_bf16" in text or "amx_bf16" in text:
+        assert precision.native_bfloat16(torch.device("cpu"))
+    if "avx512" not in text:
+        assert not precision.native_bfloat16(torch.device("cpu"))
 
 
 class _Probe(nn.Module):
@@ -42,13 +67,16 @@ class _Probe(nn.Module):
         return RVOSOutput(mask_logits=logits, scores=torch.zeros(b, t, 1))
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("amp", [False, True])
-def test_the_predictor_runs_the_model_under_autocast_when_asked(amp):
+def test_the_predictor_runs_the_model_under_autocast_when_asked(monkeypatch, amp, native):
+    """--amp autocasts where the CPU computes bfloat16 natively, and runs float32 elsewhere."""
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: native)
     model = _Probe()
     predictor = Predictor(model, (8, 8), window=2, device="cpu", amp=amp)
     frames = [(f"{i:05d}", np.full((6, 6, 3), 40 * i, np.uint8)) for i in range(3)]
     out = list(predictor.predict(frames, ["the red circle"]))
-    assert model.seen == [amp, amp]                                       # 2 windows
+    assert model.seen == [amp and native] * 2                             # 2 windows
     assert all(p.probs.dtype == np.float32 and p.probs.shape == (1, 6, 6) for p in out)
 
 

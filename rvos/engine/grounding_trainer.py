@@ -57,6 +57,7 @@ from rvos.models.grounding.model import pad_tracks
 from rvos.models.grounding.objective import (SEGMENTER_WEIGHTS, grounding_loss, segmenter_loss,
                                              segmenter_targets)
 from rvos.models.grounding.tracks import TrackSet, track_set
+from rvos.precision import autocast_dtype, backbone_dtype
 
 STAGES = ("segmenter", "scorer")
 
@@ -123,9 +124,10 @@ class GroundingTrainer(StopOnSignal):
         self.layout = self.open_layout()
         g = cfg.train.grounding
         self.cache_root = Path(g.cache_dir) if g.cache_dir else self.run_dir / "feature_cache"
-        # optim.amp: the segmenter stage under bfloat16 autocast (no loss scaling needed;
-        # fast on CPUs with AVX512-BF16 and on recent GPUs)
-        self.amp_dtype = torch.bfloat16
+        # optim.amp: the segmenter stage under bfloat16 autocast where the device computes it
+        # natively (no loss scaling needed), else in float32
+        self.amp_dtype = autocast_dtype(self.device, "auto")
+        self.use_amp = cfg.optim.amp and self.amp_dtype == torch.bfloat16
         self.state = GroundingState()
         self._stage_start: dict | None = None     # set while a stage runs or after its stop
         self.init_record: dict | None = None      # the --init-from source, kept in every checkpoint
@@ -230,11 +232,10 @@ class GroundingTrainer(StopOnSignal):
         return left
 
     def open_cache(self) -> FeatureCache:
-        g = self.cfg.train.grounding
-        return open_or_build(self.cache_root, self.layout, self.model.backbone,
-                             self.cfg.model.grounding.backbone, tuple(self.cfg.data.input_size),
-                             flip=g.flip, progress=self.progress,
-                             dtype=self.cfg.model.grounding.backbone_dtype)
+        g, model = self.cfg.train.grounding, self.cfg.model.grounding
+        return open_or_build(self.cache_root, self.layout, self.model.backbone, model.backbone,
+                             tuple(self.cfg.data.input_size), flip=g.flip, progress=self.progress,
+                             dtype=backbone_dtype(model.backbone_dtype, self.device))
 
     # ------------------------------------------------------------------ stages
     def _begin_stage(self, name: str, module: torch.nn.Module) -> None:
@@ -304,7 +305,7 @@ class GroundingTrainer(StopOnSignal):
             labels = torch.from_numpy(np.ascontiguousarray(cache.labels[rows])).to(self.device)
             if flip:
                 labels = labels.flip(-1)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.optim.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                 out = segmenter(maps, rgb)
             losses = segmenter_loss(out, segmenter_targets(labels))
             total = sum(SEGMENTER_WEIGHTS[k] * v for k, v in losses.items())

@@ -54,6 +54,7 @@ from rvos.inference import resolve_device
 from rvos.losses import weighted_total
 from rvos.models.build import build_criterion, build_model
 from rvos.models.feature_cache import FeatureCache, open_or_build
+from rvos.precision import autocast_dtype
 
 
 @dataclass
@@ -323,6 +324,8 @@ class QueryCacheTrainer(StopOnSignal):
         t = cfg.data.num_frames
         start_progress, started = s.progress, time.monotonic()
         clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
+        # bfloat16 (no loss scaling) only where the device computes it natively
+        amp = cfg.optim.amp and autocast_dtype(self.device) == torch.bfloat16
         self.model.train()
         bar = tqdm(total=total, initial=s.global_step, disable=not self.progress, unit="step",
                    desc="query (cached features)")
@@ -332,7 +335,7 @@ class QueryCacheTrainer(StopOnSignal):
             maps, texts, batch = assemble_step(cache, draws, self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self._learning_rate()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.optim.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 output = self.model.forward_maps(maps, texts, t)
                 losses = self.criterion(output, batch)
                 total_loss = weighted_total(losses, self.criterion.weights)

@@ -54,9 +54,10 @@ from rvos.engine.checkpoint import (checkpoint_file, load_checkpoint, load_weigh
 from rvos.engine.lr_schedules import build_scheduler, schedule_of_state
 from rvos.errors import RVOSError
 from rvos.extras import optional_module
-from rvos.inference import Predictor, autocast_dtype
+from rvos.inference import Predictor
 from rvos.losses import weighted_total
 from rvos.models.build import build_criterion, build_model
+from rvos.precision import autocast_dtype
 
 _log = logging.getLogger(__name__)   # ``logger`` below is a run's MetricsLogger
 
@@ -291,8 +292,8 @@ class Trainer(StopOnSignal):
                             cfg.data.root)
         self.optimizer = self._build_optimizer()
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
-        self.use_amp = cfg.optim.amp
         self.amp_dtype = autocast_dtype(self.device, cfg.optim.amp_dtype)
+        self.use_amp = cfg.optim.amp and self.amp_dtype is not None
         # fp16 needs loss scaling; bf16 has float32's range and does not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(
             self.use_amp and self.amp_dtype == torch.float16))

@@ -23,8 +23,8 @@ def validate_grounding_config(g: TrackGroundingConfig) -> None:
     for key in ("seg_dim", "refine_dim", "max_objects", "dim", "heads", "roles", "nms_kernel"):
         if getattr(g, key) < 1:
             raise bad(key, "must be >= 1")
-    if g.backbone_dtype not in ("float32", "bfloat16"):
-        raise bad("backbone_dtype", "must be float32 or bfloat16")
+    if g.backbone_dtype not in ("auto", "float32", "bfloat16"):
+        raise bad("backbone_dtype", "must be auto, float32 or bfloat16")
     if g.nms_kernel % 2 == 0:
         raise bad("nms_kernel", "must be odd")
     if g.dim % g.heads:

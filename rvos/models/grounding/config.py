@@ -13,7 +13,8 @@ class TrackGroundingConfig:
     # --- frozen visual backbone (rvos.models.backbones.BACKBONES, image backbones)
     backbone: str = "mobilenet_v2"
     backbone_weights: str = "none"    # none | torchvision weights name | file path
-    backbone_dtype: str = "float32"   # float32 | bfloat16 (autocast; ~2.5x faster on AVX512-BF16 CPUs)
+    backbone_dtype: str = "float32"   # float32 | bfloat16 (autocast; ~2.5x faster on AVX512-BF16
+                                      # CPUs) | auto (bfloat16 where native, see rvos.precision)
     # --- class-agnostic instance segmenter (centre heatmap + offsets + full-res foreground)
     seg_dim: int = 64                 # width of the feature pyramid
     refine_dim: int = 16              # width of the full-resolution refinement (RGB + pyramid)

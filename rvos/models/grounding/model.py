@@ -24,6 +24,7 @@ from rvos.models.grounding.tracks import TrackSet, link_tracks, pool_objects, tr
 from rvos.models.outputs import RVOSOutput
 from rvos.models.sharing import frame_index_for
 from rvos.models.text import TextEncoder
+from rvos.precision import backbone_dtype
 
 BACKGROUND_LOGIT = -20.0
 
@@ -76,7 +77,8 @@ class TrackGroundingModel(nn.Module):
     def features(self, frames: Tensor) -> list[Tensor]:
         """frames (N, 3, H, W) -> the backbone's maps [(N, C_i, h_i, w_i)] float32, computed
         as the feature cache computes them, rounded to the cache's float16."""
-        maps = backbone_forward(self.backbone, frames, self.cfg.backbone_dtype)
+        dtype = backbone_dtype(self.cfg.backbone_dtype, frames.device)
+        maps = backbone_forward(self.backbone, frames, dtype)
         return [m.half().float() for m in maps]
 
     def find_tracks(self, maps: list[Tensor], rgb: Tensor, seg: SegmenterOutput) -> TrackSet:
