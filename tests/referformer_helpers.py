@@ -186,6 +186,16 @@ def converted_model(folder: Path) -> torch.nn.Module:
     return Predictor.from_checkpoint(folder, "cpu").model
 
 
+def assert_every_key_maps(convert_state, state: dict, expected: dict, dropped: set[str]) -> dict:
+    """``convert_state(state, expected)`` gives exactly ``expected``'s keys with their shapes,
+    and every key of ``state`` is mapped except the ``dropped`` ones; returns the result."""
+    converted = convert_state(state, expected)
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == expected[k].shape for k in expected)
+    assert dropped <= set(state) and len(converted) == len(state) - len(dropped)
+    return converted
+
+
 def assert_conversion_refuses(convert_state, state: dict, expected: dict, *, extra: tuple[str, str],
                               missing: tuple[str, str], wrong: tuple[str, tuple, str],
                               twin: bool = True) -> None:

@@ -26,7 +26,7 @@ from rvos.models.referformer.convert import config_from_state, convert_state, re
 from rvos.models.referformer.model import ReferFormer
 from rvos.models.referformer.pixel_decoder import dynamic_mask_logits
 from referformer_helpers import (SENTENCE_IDS, as_not_binary_without_box_refinement,
-                                 assert_conversion_refuses,
+                                 assert_conversion_refuses, assert_every_key_maps,
                                  convert_then_predict, converted_model, meta_state,
                                  official_checkout, official_referformer_outputs,
                                  perturb_constants, predict_both, write_official_checkpoint,
@@ -54,14 +54,10 @@ def test_official_keys_all_map_with_their_shapes(backbone):
     assert (cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.mask_dim) == (4, 4, 2048, 256)
     assert (cfg.controller_layers, cfg.dynamic_mask_channels, cfg.rel_coord) == (3, 8, True)
     assert (cfg.text.vocab_size, cfg.text.num_layers, cfg.text.hidden_size) == (50265, 12, 768)
-    converted = convert_state(state, expected_state(cfg))
-    expected = expected_state(cfg)
-    assert set(converted) == set(expected)
-    assert all(converted[k].shape == expected[k].shape for k in expected)
     # every official key is either mapped or one of the documented drops
     dropped = {k for k in state if k.startswith("transformer.decoder.bbox_embed.")
                or k == "text_encoder.embeddings.position_ids"}
-    assert len(converted) == len(state) - len(dropped)
+    converted = assert_every_key_maps(convert_state, state, expected_state(cfg), dropped)
     assert "backbone.body.patch_embed.proj.weight" in converted or "backbone.body.conv1.weight" in converted
 
 

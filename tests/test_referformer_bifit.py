@@ -26,7 +26,8 @@ from rvos.models.referformer.bifit.model import BIFIT, InterFrameLayer, WordsToC
 from rvos.models.referformer.config import (ReferFormerConfig, ReferFormerInferenceConfig,
                                             ReferFormerTextConfig)
 from rvos.models.referformer.families import detect_family
-from referformer_helpers import (SENTENCE_IDS, assert_conversion_refuses, convert_then_predict,
+from referformer_helpers import (SENTENCE_IDS, assert_conversion_refuses, assert_every_key_maps,
+                                 convert_then_predict,
                                  converted_model, meta_state,
                                  official_checkout, official_referformer_outputs,
                                  perturb_constants, predict_both, write_official_checkpoint,
@@ -56,13 +57,9 @@ def test_official_keys_all_map_with_their_shapes(backbone):
     assert (cfg.num_classes, cfg.num_queries, cfg.hidden_dim, cfg.with_box_refine) == (1, 5, 256, True)
     assert (cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.mask_dim) == (4, 4, 2048, 256)
     assert (cfg.controller_layers, cfg.dynamic_mask_channels, cfg.rel_coord) == (3, 8, True)
-    expected = expected_state(cfg)
-    converted = convert_state(state, expected)
-    assert set(converted) == set(expected)
-    assert all(converted[k].shape == expected[k].shape for k in expected)
     dropped = {k for k in state if k.startswith("transformer.decoder.bbox_embed.")
                or k == "text_encoder.embeddings.position_ids"}
-    assert len(converted) == len(state) - len(dropped)
+    converted = assert_every_key_maps(convert_state, state, expected_state(cfg), dropped)
     for key in ("text_fusion_module.multihead_attn.in_proj_weight", "poolout_module.dense.weight",
                 "transformer.decoder.query_encoder_layers.0.self_attn.in_proj_weight",
                 "transformer.decoder.decoder_layers.3.cross_attn.sampling_offsets.weight"):

@@ -26,7 +26,7 @@ from rvos.models.referformer.sgmg import (MaskRefiner, SgMg, SpectralFilter, cen
                                           config_from_state, convert_state, dynamic_mask_features,
                                           masked_sine_position_2d)
 from referformer_helpers import (BENCHMARKS, SENTENCE_IDS, as_not_binary_without_box_refinement,
-                                 assert_conversion_refuses,
+                                 assert_conversion_refuses, assert_every_key_maps,
                                  convert_then_predict, meta_state, official_checkout,
                                  perturb_constants, predict_both, run_child,
                                  write_official_checkpoint, zeros_state)
@@ -55,13 +55,9 @@ def test_official_keys_all_map_with_their_shapes(backbone):
     assert (cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.mask_dim) == (4, 4, 2048, 256)
     assert (cfg.controller_layers, cfg.dynamic_mask_channels, cfg.rel_coord) == (2, 16, True)
     assert (cfg.text.vocab_size, cfg.text.num_layers, cfg.text.hidden_size) == (50265, 12, 768)
-    expected = expected_state(cfg)
-    converted = convert_state(state, expected)
-    assert set(converted) == set(expected)
-    assert all(converted[k].shape == expected[k].shape for k in expected)
     dropped = {k for k in state if k.startswith("transformer.decoder.bbox_embed.")
                or k.endswith("position_ids")}
-    assert len(converted) == len(state) - len(dropped)
+    converted = assert_every_key_maps(convert_state, state, expected_state(cfg), dropped)
     assert "text_encoder.embeddings.word_embeddings.weight" in converted
     assert "input_fft_post.3.fc.2.weight" in converted and "mask_refine.conv1_1div4.weight" in converted
 
